@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The full test suite, from a fresh Debian or Ubuntu machine:
+#   ./scripts/test.sh [pytest arguments]
+#
+# 1. installs the system packages the tests use (apt: mosquitto, libsystemd-dev,
+#    pkg-config, python3-venv, gcc) when they are missing;
+# 2. creates a virtual environment (.venv-test) and installs the package with its
+#    cpu, systemd and dev extras;
+# 3. runs ruff (target py38), vermin (-t=3.8-) and pytest;
+# 4. runs pytest again on Python 3.8 (JetPack 5's Python) when a python3.8 is
+#    found (PATH or pyenv). EA_TEST_PY38=off skips it, =required demands it.
+#
+# Exits non-zero on the first failure. CI (.ci/run) calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+APT_PACKAGES=(mosquitto libsystemd-dev pkg-config python3-venv python3-dev gcc)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    say "installing system packages: ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+make_venv() {  # make_venv PYTHON DIR
+    local python="$1" dir="$2"
+    if [ ! -x "$dir/bin/python" ]; then
+        say "creating $dir with $("$python" --version 2>&1)"
+        "$python" -m venv "$dir"
+    fi
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e '.[cpu,systemd,dev]'
+}
+
+PYTHON="${PYTHON:-python3}"
+VENV="${EA_TEST_VENV:-.venv-test}"
+say "installing emotion-agent and test dependencies into $VENV"
+make_venv "$PYTHON" "$VENV"
+
+say "ruff (target py38)"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+
+say "vermin (Python 3.8 and up)"
+"$VENV/bin/vermin" -t=3.8- --no-tips --violations --eval-annotations agent engines tests tools
+
+say "pytest on $("$VENV/bin/python" --version)"
+"$VENV/bin/python" -m pytest "$@"
+
+PY38_MODE="${EA_TEST_PY38:-auto}"
+if [ "$PY38_MODE" != off ]; then
+    PY38="$(command -v python3.8 2>/dev/null || true)"
+    if [ -z "$PY38" ] || ! "$PY38" --version >/dev/null 2>&1; then
+        PY38="$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.8*/bin/python3.8 2>/dev/null | tail -1 || true)"
+    fi
+    if [ -n "$PY38" ]; then
+        make_venv "$PY38" "${VENV}-py38"
+        say "pytest on $("${VENV}-py38/bin/python" --version)"
+        "${VENV}-py38/bin/python" -m pytest "$@"
+    elif [ "$PY38_MODE" = required ]; then
+        echo "EA_TEST_PY38=required but no python3.8 was found" >&2
+        exit 1
+    else
+        say "no python3.8 found: Python 3.8 compatibility checked by ruff and vermin only"
+    fi
+fi
+say "all checks passed"

@@ -1,0 +1,62 @@
+"""Shared test helpers: run the CLI in-process (injected streams and environment)
+or as a real subprocess (``python -m agent``), exactly as a user would."""
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence
+
+import pytest
+
+from agent.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: Sequence[str], environ: Optional[Mapping[str, str]] = None) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(args), environ=dict(environ or {}), stdout=out, stderr=err)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(
+    args: Sequence[str], env_extra: Optional[Dict[str, str]] = None, **kwargs
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_AGENT")}
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(REPO),
+        timeout=60,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write("name.yaml", text) -> path of a new file under tmp_path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write

@@ -12,7 +12,10 @@ from tools.gen_config_docs import rows
 def test_configuration_reference_is_current():
     proc = subprocess.run(
         [sys.executable, "tools/gen_config_docs.py", "--check"],
-        cwd=str(REPO), capture_output=True, text=True, timeout=60,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
 

@@ -95,9 +95,22 @@ def agent_wheel(tmp_path_factory) -> Path:
     """A wheel of this checkout, built offline with the test environment's setuptools."""
     folder = tmp_path_factory.mktemp("wheels")
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "--disable-pip-version-check", "-w", str(folder), str(REPO)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-w",
+            str(folder),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     return folder
@@ -130,9 +143,20 @@ def test_installer_on_a_jetson_uses_system_site_packages_and_blocks_shadowing(
     prefix = tmp_path / "opt"
     env = installer_env(tmp_path, root, "emotion-agent[jetson]")
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts/install.sh"), "--prefix", str(prefix), "--", *OFFLINE,
-         "--find-links", str(agent_wheel)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            "bash",
+            str(REPO / "scripts/install.sh"),
+            "--prefix",
+            str(prefix),
+            "--",
+            *OFFLINE,
+            "--find-links",
+            str(agent_wheel),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     venv = prefix / "venv"
@@ -146,8 +170,18 @@ def test_installer_on_a_jetson_uses_system_site_packages_and_blocks_shadowing(
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     make_wheel(wheels, "opencv-python-headless", "4.10.0")
-    pip = [str(venv / "bin/python"), "-m", "pip", "install", "--dry-run", "--no-index",
-           "--disable-pip-version-check", "--find-links", str(wheels), "opencv-python-headless"]
+    pip = [
+        str(venv / "bin/python"),
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--find-links",
+        str(wheels),
+        "opencv-python-headless",
+    ]
     refused = subprocess.run(pip, capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode != 0
     assert "opencv-python-headless" in refused.stderr
@@ -160,9 +194,20 @@ def test_installer_off_jetson_makes_a_plain_venv(tmp_path, agent_wheel):
     prefix = tmp_path / "opt"
     env = installer_env(tmp_path, tmp_path, "emotion-agent")
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts/install.sh"), "--prefix", str(prefix), "--", *OFFLINE,
-         "--find-links", str(agent_wheel)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            "bash",
+            str(REPO / "scripts/install.sh"),
+            "--prefix",
+            str(prefix),
+            "--",
+            *OFFLINE,
+            "--find-links",
+            str(agent_wheel),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "include-system-site-packages = false" in (prefix / "venv/pyvenv.cfg").read_text()

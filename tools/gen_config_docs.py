@@ -9,9 +9,11 @@ tests/test_docs.py runs the check, so the page can never drift from the code.
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List, Tuple, Type
+from typing import Any, Iterator, List, Literal, Tuple, Type, Union, get_args, get_origin
 
-from pydantic import BaseModel
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from agent.config import AgentConfig
@@ -23,11 +25,20 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
 def _type_text(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    text = str(annotation) if text in ("Optional", "Literal", "Union") else text
-    for noise in ("typing.", "pathlib.", "pydantic.types.", "<class '", "'>"):
-        text = text.replace(noise, "")
-    return text.replace("PosixPath", "Path")
+    """A short type name that reads the same on every Python version."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in args)
+    if origin is Union:
+        inner = [a for a in args if a is not type(None)]
+        text = " or ".join(_type_text(a) for a in inner)
+        return f"{text} (optional)" if len(inner) < len(args) else text
+    names = {str: "text", int: "integer", float: "number", bool: "boolean", Path: "path"}
+    if annotation in names:
+        return names[annotation]
+    if annotation is SecretStr:
+        return "secret text"
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def _limits(info: FieldInfo) -> str:

@@ -45,6 +45,20 @@ VENV="${EA_TEST_VENV:-.venv-test}"
 say "installing emotion-agent and test dependencies into $VENV"
 make_venv "$PYTHON" "$VENV"
 
+# The JavaScript reference of the bundled face-api.js models (tools/faceapi): lets
+# tests/test_bundled_models.py check that tools/faceapi/port.py regenerates the
+# committed ONNX files byte for byte. Pinned by tools/faceapi/package-lock.json.
+if command -v npm >/dev/null 2>&1; then
+    if [ ! -d build/npm/node_modules/@vladmandic/face-api ]; then
+        say "installing the pinned face-api.js reference (npm ci, tools/faceapi)"
+        mkdir -p build/npm
+        cp tools/faceapi/package.json tools/faceapi/package-lock.json build/npm/
+        npm ci --prefix build/npm --no-audit --no-fund --loglevel=error
+    fi
+else
+    say "npm not found: the port-determinism test will say so and be skipped"
+fi
+
 say "ruff (target py38)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

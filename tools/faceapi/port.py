@@ -40,6 +40,7 @@ import json
 import os
 import sys
 from collections import OrderedDict
+from typing import Dict
 
 import numpy as np
 import onnx
@@ -87,7 +88,7 @@ _QUANT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "float16": np.float16}
 _PLAIN_DTYPES = {"float32": np.float32, "int32": np.int32}
 
 
-def load_tfjs_weights(model_dir: str, model_name: str) -> OrderedDict[str, np.ndarray]:
+def load_tfjs_weights(model_dir: str, model_name: str) -> Dict[str, np.ndarray]:
     """Return {weight name: float32 array, tfjs layout} from ``<model>-weights_manifest.json``.
 
     uint8/uint16 quantized weights are dequantized as ``q * scale + min`` computed in
@@ -97,7 +98,7 @@ def load_tfjs_weights(model_dir: str, model_name: str) -> OrderedDict[str, np.nd
     manifest_path = os.path.join(model_dir, model_name + "-weights_manifest.json")
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
-    weights: OrderedDict[str, np.ndarray] = OrderedDict()
+    weights: Dict[str, np.ndarray] = OrderedDict()
     for group in manifest:
         chunks = []
         for shard in group["paths"]:

@@ -29,7 +29,7 @@ NPM_MODEL_DIR = os.path.join(
 
 if TOOLS_DIR not in sys.path:
     sys.path.insert(0, TOOLS_DIR)
-from decode_reference import decode_tiny_face_detector  # noqa: E402
+from engines.faceapi import decode_tiny_face_detector  # noqa: E402
 
 # name -> (input name, input shape without batch, output name, output shape without batch)
 CONTRACT = {

@@ -1,4 +1,4 @@
-"""Pure-numpy reference pre/post-processing for the bundled face-api.js ONNX nets.
+"""Pre- and post-processing for the bundled face-api.js ONNX nets (pure numpy).
 
 Main entry point: ``decode_tiny_face_detector`` -- the decoder for the tiny face
 detector's raw ``grid`` output. Also here, because the verified figures depend on

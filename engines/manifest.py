@@ -1,0 +1,251 @@
+"""The model manifest: one YAML file that describes every model the agent can run.
+
+Each entry names the file, its sha256, its input and output tensors, how inputs
+are prepared, how outputs are read, class labels, licence and source. The
+bundled manifest (``engines/models/manifest.yaml``) lists the models that ship
+with the agent; a user points ``models.manifest`` at their own file to run, for
+example, NVIDIA's TAO EmotionNet (docs/models.md shows how).
+
+A model whose file does not match its sha256 is refused with a clear error
+(:class:`ModelIntegrityError`), never loaded.
+
+This module depends on nothing in ``agent``.
+"""
+
+import hashlib
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_MANIFEST = BUNDLED_DIR / "manifest.yaml"
+
+Task = Literal["face_detector", "face_landmarks", "emotion", "secondary"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One input or output tensor. Dimensions are sizes or names (dynamic, e.g. "N")."""
+
+    name: str = Field(min_length=1)
+    shape: List[Union[int, str]] = Field(min_length=1)
+    dtype: Literal["float32", "float16", "int32", "int64"] = "float32"
+
+    @property
+    def batch_dynamic(self) -> bool:
+        return isinstance(self.shape[0], str)
+
+
+class ImageInput(_Strict):
+    """An image tensor. The bundled graphs take raw camera pixels (normalisation folded in)."""
+
+    kind: Literal["image"] = "image"
+    layout: Literal["NHWC", "NCHW"] = "NHWC"
+    color: Literal["BGR", "RGB"] = "BGR"
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    value_range: Literal["0..255", "0..1"] = "0..255"
+    square_pad: Literal["bottom_right", "center", "none"] = Field(
+        "bottom_right", description="How a frame or crop is padded to a square before resizing."
+    )
+
+
+LandmarkNormalization = Literal["centered_aligned_rms", "crop_unit", "pixels"]
+
+
+class LandmarksInput(_Strict):
+    """68 (x, y) landmarks flattened to 136 values.
+
+    ``normalization`` names the contract (engines/landmarks.py implements each):
+    ``centered_aligned_rms``: centroid at 0, eyes level, RMS radius 1 (ours);
+    ``crop_unit``: 0..1 relative to the face crop; ``pixels``: image pixels.
+    """
+
+    kind: Literal["landmarks68"] = "landmarks68"
+    normalization: LandmarkNormalization
+    order: Literal["xyxy", "xxyy"] = Field(
+        "xyxy", description="x0,y0,x1,y1,... (xyxy) or x0..x67,y0..y67 (xxyy)."
+    )
+
+
+class TinyYoloDecoding(_Strict):
+    """face-api.js tiny face detector output: a [N, rows, cols, anchors*5] grid."""
+
+    kind: Literal["tiny_yolo_v2"] = "tiny_yolo_v2"
+    anchors: List[Tuple[float, float]] = Field(min_length=1)
+    iou_threshold: float = Field(0.4, ge=0, le=1)
+
+
+class LandmarkDecoding(_Strict):
+    """136 values, 0..1 relative to the square-padded crop, iBUG-68 order."""
+
+    kind: Literal["landmarks68_crop_unit"] = "landmarks68_crop_unit"
+
+
+class ClassifierDecoding(_Strict):
+    """Class scores: probabilities already (softmax) or logits that need one."""
+
+    kind: Literal["classifier"] = "classifier"
+    activation: Literal["softmax", "none"] = Field(
+        "none", description="What to apply to the output: 'none' when it already is softmax."
+    )
+
+
+Preprocessing = Union[ImageInput, LandmarksInput]
+Postprocessing = Union[TinyYoloDecoding, LandmarkDecoding, ClassifierDecoding]
+
+
+class ModelEntry(_Strict):
+    """One model of the manifest."""
+
+    task: Task
+    file: str = Field(min_length=1, description="Path relative to the manifest's folder.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: Literal["onnx"] = "onnx"
+    inputs: List[TensorSpec] = Field(min_length=1)
+    outputs: List[TensorSpec] = Field(min_length=1)
+    preprocessing: Preprocessing = Field(discriminator="kind")
+    postprocessing: Postprocessing = Field(discriminator="kind")
+    labels: Optional[List[str]] = None
+    label_map: Optional[Dict[str, str]] = Field(
+        None, description="Our label -> NVIDIA EmotionNet label, where one corresponds."
+    )
+    max_batch: int = Field(1, ge=1, le=256)
+    license: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelEntry":
+        if self.task == "emotion" and not self.labels:
+            raise ValueError("an emotion model needs labels")
+        if self.labels and self.outputs[0].shape[-1] != len(self.labels):
+            last = self.outputs[0].shape[-1]
+            if isinstance(last, int):
+                raise ValueError(
+                    f"output {self.outputs[0].name} has {last} classes but "
+                    f"{len(self.labels)} labels are listed"
+                )
+        if self.label_map and self.labels:
+            unknown = sorted(set(self.label_map) - set(self.labels))
+            if unknown:
+                raise ValueError(f"label_map names unknown labels: {', '.join(unknown)}")
+        return self
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = 1
+    models: Dict[str, ModelEntry]
+
+
+class ManifestError(Exception):
+    """The manifest cannot be read or is invalid."""
+
+
+class ModelIntegrityError(Exception):
+    """A model file is missing or does not match the sha256 in the manifest."""
+
+
+class ResolvedModel:
+    """A manifest entry with its file's absolute path."""
+
+    def __init__(self, name: str, entry: ModelEntry, path: Path) -> None:
+        self.name = name
+        self.entry = entry
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"ResolvedModel({self.name!r}, {self.path})"
+
+
+class LoadedManifest:
+    """A validated manifest and the folder its relative file paths start from."""
+
+    def __init__(self, manifest: Manifest, path: Path) -> None:
+        self.manifest = manifest
+        self.path = path
+
+    @property
+    def names(self) -> List[str]:
+        return list(self.manifest.models)
+
+    def resolve(self, name: str, task: Optional[Task] = None) -> ResolvedModel:
+        entry = self.manifest.models.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.manifest.models)) or "none"
+            raise ManifestError(f"{self.path}: no model named {name!r} (known: {known})")
+        if task is not None and entry.task != task:
+            raise ManifestError(
+                f"{self.path}: model {name!r} is a {entry.task} model, not a {task} model"
+            )
+        file_path = Path(entry.file)
+        if not file_path.is_absolute():
+            file_path = self.path.parent / file_path
+        return ResolvedModel(name, entry, file_path)
+
+    def verified(self, name: str, task: Optional[Task] = None) -> ResolvedModel:
+        """Resolve ``name`` and check its file against the sha256 (raises ModelIntegrityError)."""
+        model = self.resolve(name, task)
+        verify_sha256(model)
+        return model
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(chunk)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(model: ResolvedModel) -> None:
+    try:
+        actual = file_sha256(model.path)
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"model {model.name!r}: file not found: {model.path}") from None
+    except OSError as exc:
+        raise ModelIntegrityError(
+            f"model {model.name!r}: cannot read {model.path}: {exc.strerror}"
+        ) from None
+    if actual != model.entry.sha256:
+        raise ModelIntegrityError(
+            f"model {model.name!r}: {model.path} does not match the manifest "
+            f"(sha256 {actual[:12]}..., expected {model.entry.sha256[:12]}...): the file is "
+            "corrupt, truncated or a different model; restore it or update the manifest"
+        )
+
+
+def load_manifest(path: Optional[Path] = None) -> LoadedManifest:
+    """Read and validate a manifest (default: the bundled one); raise ManifestError."""
+    path = BUNDLED_MANIFEST if path is None else Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: model manifest not found") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read model manifest: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: model manifest is not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ManifestError(f"{path}: {where}invalid YAML") from None
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ManifestError(f"{path}: invalid model manifest\n" + "\n".join(lines)) from None
+    return LoadedManifest(manifest, path)

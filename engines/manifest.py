@@ -181,7 +181,8 @@ class LoadedManifest:
             raise ManifestError(f"{self.path}: no model named {name!r} (known: {known})")
         if task is not None and entry.task != task:
             raise ManifestError(
-                f"{self.path}: model {name!r} is a {entry.task} model, not a {task} model"
+                f"{self.path}: model {name!r} has task {entry.task!r}, "
+                f"but it is configured as the {task} model"
             )
         file_path = Path(entry.file)
         if not file_path.is_absolute():

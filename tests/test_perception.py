@@ -1,0 +1,161 @@
+"""Perception on real photos with the bundled models (ONNX Runtime, CPU)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent.perception import Perception, PerceptionSettings, preprocess
+from engines import faceapi
+from engines.manifest import ModelEntry, load_manifest
+from tests.conftest import REPO
+from tests.onnx_models import emotion_classifier
+
+cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is part of the test install")
+SAMPLES = REPO / "agent" / "samples"
+MANIFEST = load_manifest()
+
+
+def runner(path):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
+
+
+def perception(settings=None, emotion=None, emotion_entry=None):
+    det = MANIFEST.verified("tiny_face_detector")
+    lm = MANIFEST.verified("face_landmark_68")
+    return Perception(
+        runner(det.path),
+        det.entry,
+        runner(lm.path),
+        lm.entry,
+        emotion,
+        emotion_entry,
+        settings or PerceptionSettings(),
+    )
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return {p.name: cv2.imread(str(p)) for p in sorted(SAMPLES.glob("*.jpg"))}
+
+
+def test_fast_preprocessing_matches_face_api_exact_replica(frames):
+    frame = frames["faceapi-sample5.jpg"]
+    exact = faceapi.detector_input(frame, 416)
+    fast = preprocess.detector_input(frame, 416)
+    assert fast.shape == exact.shape == (416, 416, 3)
+    assert float(np.abs(fast - exact).max()) <= 1.0  # below one grey level
+    crop = frame[100:340, 200:380]  # a non-square crop
+    exact = faceapi.landmark_input(crop, 112)
+    fast = preprocess.landmark_input(crop, 112)
+    assert float(np.abs(fast - exact).max()) <= 1.0
+
+
+def test_detects_the_faces_in_the_sample_photos(frames):
+    p = perception()
+    counts = {name: len(p.process(frame)) for name, frame in frames.items()}
+    assert counts == {"faceapi-sample2.jpg": 1, "faceapi-sample5.jpg": 5, "faceapi-sample6.jpg": 5}
+
+
+def test_fast_path_boxes_match_the_exact_path(frames):
+    """Same boxes (IoU) as face-api's exact preprocessing + the reference decoder."""
+    det = MANIFEST.verified("tiny_face_detector")
+    run = runner(det.path)
+    p = perception()
+    for frame in frames.values():
+        h, w = frame.shape[:2]
+        grid = run(faceapi.detector_input(frame, 416)[None])
+        ref = faceapi.decode_tiny_face_detector(grid[0], 416, 0.5, 0.4, image_size=(w, h))
+        ours = p.detect(frame)
+        assert len(ours) == len(ref)
+        for box in ours:
+            best = max(
+                faceapi._iou((box[0] / w, box[1] / h, box[2] / w, box[3] / h), r[:4]) for r in ref
+            )
+            assert best > 0.97
+
+
+def test_no_faces_in_flat_and_noise_images():
+    p = perception()
+    rng = np.random.default_rng(1)
+    assert p.process(np.full((480, 640, 3), 128, np.uint8)) == []
+    assert p.process(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) == []
+
+
+def test_landmarks_lie_in_the_face_and_eyes_are_in_order(frames):
+    for frame in frames.values():
+        for face in perception().process(frame):
+            x1, y1, x2, y2 = face.bbox
+            pts = face.landmarks
+            assert pts.shape == (68, 2)
+            inside = (
+                (pts[:, 0] > x1 - 0.15 * (x2 - x1))
+                & (pts[:, 0] < x2 + 0.15 * (x2 - x1))
+                & (pts[:, 1] > y1 - 0.15 * (y2 - y1))
+                & (pts[:, 1] < y2 + 0.15 * (y2 - y1))
+            )
+            assert inside.mean() > 0.95
+            # the subject's right eye (36-41) is on the image's left; eyes above the mouth
+            assert pts[36:42, 0].mean() < pts[42:48, 0].mean()
+            assert pts[36:48, 1].mean() < pts[48:68, 1].mean()
+
+
+def test_settings_limit_faces_and_sizes(frames):
+    frame = frames["faceapi-sample5.jpg"]
+    assert len(perception(PerceptionSettings(max_faces=2)).process(frame)) == 2
+    assert perception(PerceptionSettings(min_face_px=2000)).process(frame) == []
+    strict = perception(PerceptionSettings(detection_threshold=0.99)).process(frame)
+    assert strict == []
+
+
+def _emotion_entry(path: Path, input_name: str, shape, output: str, labels, activation="none"):
+    return ModelEntry.model_validate(
+        {
+            "task": "emotion",
+            "file": str(path),
+            "sha256": "0" * 64,
+            "inputs": [{"name": input_name, "shape": shape}],
+            "outputs": [{"name": output, "shape": ["N", len(labels)]}],
+            "preprocessing": {"kind": "landmarks68", "normalization": "centered_aligned_rms"},
+            "postprocessing": {"kind": "classifier", "activation": activation},
+            "labels": labels,
+            "license": "test",
+            "source": "generated",
+        }
+    )
+
+
+NVIDIA_SIX = ["neutral", "happy", "surprise", "squint", "disgust", "scream"]
+
+
+def test_nvidia_tao_emotionnet_shaped_model_plugs_in(tmp_path, frames):
+    """TAO export: input_landmarks:0 [N, 136, 1] -> softmax/Softmax:0 [N, 6]."""
+    path = emotion_classifier(
+        tmp_path / "tao.onnx", "input_landmarks:0", ["N", 136, 1], "softmax/Softmax:0", 6
+    )
+    entry = _emotion_entry(
+        path, "input_landmarks:0", ["N", 136, 1], "softmax/Softmax:0", NVIDIA_SIX
+    )
+    faces = perception(emotion=runner(path), emotion_entry=entry).process(
+        frames["faceapi-sample5.jpg"]
+    )
+    assert len(faces) == 5
+    for face in faces:
+        assert face.emotion is not None and face.emotion.label in NVIDIA_SIX
+        assert abs(sum(face.emotion.scores.values()) - 1.0) < 1e-4
+    # different faces, different landmarks: the classifier is really fed per face
+    assert len({tuple(np.round(list(f.emotion.scores.values()), 5)) for f in faces}) == 5
+
+
+def test_logit_models_get_a_softmax(tmp_path, frames):
+    path = emotion_classifier(
+        tmp_path / "logits.onnx", "x", ["N", 136], "logits_out", 3, softmax=False
+    )
+    entry = _emotion_entry(path, "x", ["N", 136], "logits_out", ["a", "b", "c"], "softmax")
+    faces = perception(emotion=runner(path), emotion_entry=entry).process(
+        frames["faceapi-sample2.jpg"]
+    )
+    assert abs(sum(faces[0].emotion.scores.values()) - 1.0) < 1e-6

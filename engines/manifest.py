@@ -42,17 +42,26 @@ class TensorSpec(_Strict):
 
 
 class ImageInput(_Strict):
-    """An image tensor. The bundled graphs take raw camera pixels (normalisation folded in)."""
+    """An image tensor. The bundled graphs take raw camera pixels (normalisation folded in).
+
+    The agent prepares what the graph does not do itself: padding (``square_pad``;
+    ``none`` stretches to width x height), resizing, channel order (GRAY: one
+    channel, ITU-R 601 luma), layout and the value range (``0..1``: divided by 255).
+    """
 
     kind: Literal["image"] = "image"
     layout: Literal["NHWC", "NCHW"] = "NHWC"
-    color: Literal["BGR", "RGB"] = "BGR"
+    color: Literal["BGR", "RGB", "GRAY"] = "BGR"
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     value_range: Literal["0..255", "0..1"] = "0..255"
     square_pad: Literal["bottom_right", "center", "none"] = Field(
         "bottom_right", description="How a frame or crop is padded to a square before resizing."
     )
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "GRAY" else 3
 
 
 LandmarkNormalization = Literal["centered_aligned_rms", "crop_unit", "pixels"]
@@ -81,10 +90,41 @@ class TinyYoloDecoding(_Strict):
     iou_threshold: float = Field(0.4, ge=0, le=1)
 
 
+class DetectNetV2Decoding(_Strict):
+    """NVIDIA DetectNet_v2 (TAO FaceNet / FaceDetect): coverage and bbox grids.
+
+    For grid cell (row, col) whose coverage exceeds the threshold, with
+    c = (col * stride + offset) and r = (row * stride + offset) in input pixels:
+    x1 = c - bbox[0] * bbox_norm, y1 = r - bbox[1] * bbox_norm,
+    x2 = c + bbox[2] * bbox_norm, y2 = r + bbox[3] * bbox_norm (DeepStream's parser);
+    then greedy NMS.
+    """
+
+    kind: Literal["detectnet_v2"] = "detectnet_v2"
+    coverage_output: str = Field(description="Output name of the [N, 1, rows, cols] coverage.")
+    bbox_output: str = Field(description="Output name of the [N, 4, rows, cols] boxes.")
+    stride: int = Field(16, gt=0)
+    bbox_norm: float = Field(35.0, gt=0)
+    offset: float = 0.5
+    iou_threshold: float = Field(0.4, ge=0, le=1)
+
+
 class LandmarkDecoding(_Strict):
     """136 values, 0..1 relative to the square-padded crop, iBUG-68 order."""
 
     kind: Literal["landmarks68_crop_unit"] = "landmarks68_crop_unit"
+
+
+class KeypointDecoding(_Strict):
+    """Keypoints in model-input pixels, [N, K, 2] (NVIDIA FPENet's softargmax output).
+
+    The first 68 of the K points must be the iBUG-68 points (FPENet's 80-point
+    layout starts with them); the rest are ignored.
+    """
+
+    kind: Literal["keypoints_input_pixels"] = "keypoints_input_pixels"
+    keypoints_output: str = Field(description="Output name of the [N, K, 2] keypoints.")
+    points: int = Field(68, ge=68, le=1000)
 
 
 class ClassifierDecoding(_Strict):
@@ -97,7 +137,9 @@ class ClassifierDecoding(_Strict):
 
 
 Preprocessing = Union[ImageInput, LandmarksInput]
-Postprocessing = Union[TinyYoloDecoding, LandmarkDecoding, ClassifierDecoding]
+Postprocessing = Union[
+    TinyYoloDecoding, DetectNetV2Decoding, LandmarkDecoding, KeypointDecoding, ClassifierDecoding
+]
 
 
 class ModelEntry(_Strict):
@@ -122,6 +164,29 @@ class ModelEntry(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelEntry":
+        allowed = {
+            "face_detector": ("tiny_yolo_v2", "detectnet_v2"),
+            "face_landmarks": ("landmarks68_crop_unit", "keypoints_input_pixels"),
+            "emotion": ("classifier",),
+            "secondary": ("classifier",),
+        }[self.task]
+        if self.postprocessing.kind not in allowed:
+            raise ValueError(
+                f"a {self.task} model needs postprocessing kind "
+                + " or ".join(allowed)
+                + f", got {self.postprocessing.kind}"
+            )
+        names = {t.name for t in self.outputs}
+        for attr in ("coverage_output", "bbox_output", "keypoints_output"):
+            name = getattr(self.postprocessing, attr, None)
+            if name is not None and name not in names:
+                raise ValueError(f"postprocessing.{attr} {name!r} is not one of the outputs")
+        if self.task in ("face_detector", "face_landmarks") and not isinstance(
+            self.preprocessing, ImageInput
+        ):
+            raise ValueError(f"a {self.task} model needs image preprocessing")
+        if self.task == "emotion" and not isinstance(self.preprocessing, LandmarksInput):
+            raise ValueError("an emotion model needs landmarks68 preprocessing")
         if self.task == "emotion" and not self.labels:
             raise ValueError("an emotion model needs labels")
         if self.labels and self.outputs[0].shape[-1] != len(self.labels):

@@ -54,3 +54,86 @@ def emotion_classifier(
         inits,
     )
     return _save(graph, path)
+
+
+def facenet_like(path: Path, width: int = 736, height: int = 416, stride: int = 16) -> Path:
+    """A DetectNet_v2-shaped face detector (TAO FaceNet export names and shapes).
+
+    input_1:0 [N, 3, H, W] RGB 0..1 -> output_cov/Sigmoid:0 [N, 1, H/16, W/16] and
+    output_bbox/BiasAdd:0 [N, 4, H/16, W/16]. Coverage is high where a 16x16 cell is
+    bright (mean > 0.5); every box extends bbox_norm (35) pixels around its cell centre.
+    """
+    rows, cols = height // stride, width // stride
+    pool = helper.make_node(
+        "AveragePool",
+        ["input_1:0"],
+        ["pooled"],
+        kernel_shape=[stride, stride],
+        strides=[stride, stride],
+    )
+    w_cov = np.full((1, 3, 1, 1), 40.0 / 3.0, dtype=np.float32)  # 40 * mean over channels
+    b_cov = np.array([-20.0], dtype=np.float32)  # sigmoid(40 * (mean - 0.5))
+    conv = helper.make_node("Conv", ["pooled", "w_cov", "b_cov"], ["cov_logit"])
+    sig = helper.make_node("Sigmoid", ["cov_logit"], ["output_cov/Sigmoid:0"])
+    w_box = np.zeros((4, 3, 1, 1), dtype=np.float32)
+    b_box = np.ones(4, dtype=np.float32)  # constant 1.0 -> +-35 px around the cell centre
+    box = helper.make_node("Conv", ["pooled", "w_box", "b_box"], ["output_bbox/BiasAdd:0"])
+    graph = helper.make_graph(
+        [pool, conv, sig, box],
+        "facenet_like",
+        [helper.make_tensor_value_info("input_1:0", TensorProto.FLOAT, ["N", 3, height, width])],
+        [
+            helper.make_tensor_value_info(
+                "output_cov/Sigmoid:0", TensorProto.FLOAT, ["N", 1, rows, cols]
+            ),
+            helper.make_tensor_value_info(
+                "output_bbox/BiasAdd:0", TensorProto.FLOAT, ["N", 4, rows, cols]
+            ),
+        ],
+        [
+            numpy_helper.from_array(w_cov, "w_cov"),
+            numpy_helper.from_array(b_cov, "b_cov"),
+            numpy_helper.from_array(w_box, "w_box"),
+            numpy_helper.from_array(b_box, "b_box"),
+        ],
+    )
+    return _save(graph, path)
+
+
+def fpenet_like(path: Path, template: np.ndarray, size: int = 80) -> Path:
+    """An FPENet-shaped landmark net (TAO export names and shapes).
+
+    input_face_images:0 [N, 1, 80, 80] grey 0..255 -> softargmax:0 [N, 80, 2] keypoints in
+    input pixels (the given [80, 2] template, whatever the face) and softargmax:1 [N, 80].
+    """
+    points = template.shape[0]
+    nodes = [
+        helper.make_node("ReduceMean", ["input_face_images:0"], ["mean"], axes=[1, 2, 3]),
+        helper.make_node("Reshape", ["mean", "shape_n11"], ["mean_n11"]),
+        helper.make_node("Mul", ["mean_n11", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "template"], ["softargmax:0"]),
+        helper.make_node("Reshape", ["mean", "shape_n1"], ["mean_n1"]),
+        helper.make_node("Mul", ["mean_n1", "zero"], ["zeros2"]),
+        helper.make_node("Add", ["zeros2", "ones"], ["softargmax:1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fpenet_like",
+        [
+            helper.make_tensor_value_info(
+                "input_face_images:0", TensorProto.FLOAT, ["N", 1, size, size]
+            )
+        ],
+        [
+            helper.make_tensor_value_info("softargmax:0", TensorProto.FLOAT, ["N", points, 2]),
+            helper.make_tensor_value_info("softargmax:1", TensorProto.FLOAT, ["N", points]),
+        ],
+        [
+            numpy_helper.from_array(np.array([-1, 1, 1], dtype=np.int64), "shape_n11"),
+            numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "shape_n1"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(template.astype(np.float32)[None], "template"),
+            numpy_helper.from_array(np.ones((1, points), dtype=np.float32), "ones"),
+        ],
+    )
+    return _save(graph, path)

@@ -20,7 +20,7 @@ MANIFEST = load_manifest()
 def runner(path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+    return lambda batch: session.run(None, {name: batch})
 
 
 def perception(settings=None, emotion=None, emotion_entry=None):
@@ -67,7 +67,7 @@ def test_fast_path_boxes_match_the_exact_path(frames):
     p = perception()
     for frame in frames.values():
         h, w = frame.shape[:2]
-        grid = run(faceapi.detector_input(frame, 416)[None])
+        grid = run(faceapi.detector_input(frame, 416)[None])[0]
         ref = faceapi.decode_tiny_face_detector(grid[0], 416, 0.5, 0.4, image_size=(w, h))
         ours = p.detect(frame)
         assert len(ours) == len(ref)

@@ -59,10 +59,10 @@ def _onnxruntime_runner(threads: int) -> Callable[[ResolvedModel], Any]:
         options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
         input_name = session.get_inputs()[0].name
-        output_name = model.entry.outputs[0].name
+        output_names = [spec.name for spec in model.entry.outputs]
 
         def run(batch: Any) -> Any:
-            return session.run([output_name], {input_name: batch})[0]
+            return session.run(output_names, {input_name: batch})
 
         return run
 

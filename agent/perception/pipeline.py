@@ -1,25 +1,39 @@
-"""detect -> crop -> landmarks -> emotion for one frame, batched across its faces."""
+"""detect -> crop -> landmarks -> emotion for one frame, batched across its faces.
+
+Each stage reads its model's manifest entry: the bundled face-api.js nets
+(tiny_yolo_v2 grid, 68 landmarks relative to the crop) and NVIDIA's TAO models
+as a user exports them (FaceNet/DetectNet_v2 grids, FPENet keypoints, EmotionNet
+with [N, 136, 1] input) go through the same code.
+"""
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from agent.perception import preprocess
 from agent.perception.faces import EmotionResult, Face
-from engines.faceapi import decode_tiny_face_detector, face_crop_box, landmarks_to_crop_pixels
+from agent.perception.preprocess import Placement, input_shape, prepare_image
+from engines.faceapi import (
+    decode_tiny_face_detector,
+    face_crop_box,
+    landmarks_to_crop_pixels,
+    non_max_suppression,
+)
 from engines.landmarks import normalize
 from engines.manifest import (
     ClassifierDecoding,
+    DetectNetV2Decoding,
     ImageInput,
+    KeypointDecoding,
+    LandmarkDecoding,
     LandmarksInput,
     ModelEntry,
     TinyYoloDecoding,
 )
 
-# A model as perception sees it: one input batch in, one output batch out.
-Runner = Callable[[np.ndarray], np.ndarray]
-Box = Tuple[float, float, float, float, float]  # x1, y1, x2, y2 (pixels), score
+# A model as perception sees it: one input batch in, its outputs (manifest order) out.
+Runner = Callable[[np.ndarray], Sequence[np.ndarray]]
+Box = Tuple[float, float, float, float, float]  # x1, y1, x2, y2 (frame pixels), score
 
 
 @dataclass(frozen=True)
@@ -34,17 +48,19 @@ class PerceptionError(RuntimeError):
     """A model's manifest entry does not fit the role it is given."""
 
 
-def _image_input(entry: ModelEntry, role: str) -> ImageInput:
+def _outputs(entry: ModelEntry, values: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+    return {spec.name: np.asarray(v) for spec, v in zip(entry.outputs, values)}
+
+
+def _image_pre(entry: ModelEntry, role: str) -> ImageInput:
     pre = entry.preprocessing
-    if not isinstance(pre, ImageInput) or pre.layout != "NHWC" or pre.color != "BGR":
-        raise PerceptionError(f"the {role} must take NHWC BGR images (manifest preprocessing)")
-    if pre.width != pre.height:
-        raise PerceptionError(f"the {role} must take square images")
+    if not isinstance(pre, ImageInput):
+        raise PerceptionError(f"the {role} must take images (manifest preprocessing)")
     return pre
 
 
 class Perception:
-    """Runs the three models on frames. Thread-compatible, not thread-safe."""
+    """Runs the three models on frames. Not thread-safe: one instance per loop."""
 
     def __init__(
         self,
@@ -57,58 +73,95 @@ class Perception:
         settings: PerceptionSettings = PerceptionSettings(),
     ) -> None:
         self._detector = detector
-        self._det_pre = _image_input(detector_entry, "face detector")
-        post = detector_entry.postprocessing
-        if not isinstance(post, TinyYoloDecoding):
-            raise PerceptionError("the face detector needs tiny_yolo_v2 postprocessing")
-        self._anchors = [tuple(a) for a in post.anchors]
+        self._det_entry = detector_entry
+        self._det_pre = _image_pre(detector_entry, "face detector")
+        if isinstance(detector_entry.postprocessing, TinyYoloDecoding) and (
+            self._det_pre.square_pad != "bottom_right"
+            or self._det_pre.width != self._det_pre.height
+        ):
+            raise PerceptionError("a tiny_yolo_v2 detector takes a bottom/right-padded square")
         self._landmarks = landmarks
-        self._lm_pre = _image_input(landmarks_entry, "landmark net")
-        self._lm_batch = landmarks_entry.max_batch
+        self._lm_entry = landmarks_entry
+        self._lm_pre = _image_pre(landmarks_entry, "landmark net")
         self._emotion = emotion
         self._emotion_entry = emotion_entry
-        if emotion is not None:
-            if emotion_entry is None or not isinstance(emotion_entry.preprocessing, LandmarksInput):
-                raise PerceptionError("the emotion model must take landmarks68 input")
-            if not emotion_entry.labels:
-                raise PerceptionError("the emotion model has no labels")
+        if emotion is not None and (
+            emotion_entry is None or not isinstance(emotion_entry.preprocessing, LandmarksInput)
+        ):
+            raise PerceptionError("the emotion model must take landmarks68 input")
         self.settings = settings
-        size = self._det_pre.width
-        self._det_buf = np.zeros((1, size, size, 3), dtype=np.float32)
+        self._det_buf = np.zeros((1, *input_shape(self._det_pre)), dtype=np.float32)
 
-    # -- stages --------------------------------------------------------------
+    # -- detection -------------------------------------------------------------
 
     def detect(self, frame: np.ndarray) -> List[Box]:
         """Face boxes in frame pixels, best first, filtered by score, size and count."""
         h, w = frame.shape[:2]
-        size = self._det_pre.width
-        preprocess.detector_input(frame, size, out=self._det_buf[0])
-        grid = self._detector(self._det_buf)
+        _, placement = prepare_image(frame, self._det_pre, out=self._det_buf[0])
+        outputs = _outputs(self._det_entry, self._detector(self._det_buf))
+        post = self._det_entry.postprocessing
         s = self.settings
-        boxes = decode_tiny_face_detector(
-            grid[0],
-            size,
-            score_threshold=s.detection_threshold,
-            iou_threshold=s.nms_iou,
-            image_size=(w, h),
-            anchors=self._anchors,
-        )
+        if isinstance(post, TinyYoloDecoding):
+            size = self._det_pre.width
+            grid = outputs[self._det_entry.outputs[0].name][0]
+            decoded = decode_tiny_face_detector(
+                grid,
+                size,
+                score_threshold=s.detection_threshold,
+                iou_threshold=s.nms_iou,
+                image_size=(w, h),
+                anchors=[tuple(a) for a in post.anchors],
+            )
+            boxes = [(x1 * w, y1 * h, x2 * w, y2 * h, sc) for x1, y1, x2, y2, sc in decoded]
+        elif isinstance(post, DetectNetV2Decoding):
+            boxes = self._decode_detectnet(outputs, post, placement, w, h)
+        else:  # pragma: no cover - the manifest validator allows no other kind
+            raise PerceptionError(f"unsupported detector decoding {post.kind}")
         found: List[Box] = []
         for x1, y1, x2, y2, score in boxes:
-            px = (x1 * w, y1 * h, x2 * w, y2 * h)
-            if min(px[2] - px[0], px[3] - px[1]) < s.min_face_px:
+            if min(x2 - x1, y2 - y1) < s.min_face_px:
                 continue
-            found.append((px[0], px[1], px[2], px[3], score))
+            found.append((x1, y1, x2, y2, float(score)))
             if len(found) >= s.max_faces:
                 break
         return found
+
+    def _decode_detectnet(
+        self,
+        outputs: Dict[str, np.ndarray],
+        post: DetectNetV2Decoding,
+        placement: Placement,
+        frame_w: int,
+        frame_h: int,
+    ) -> List[Box]:
+        cov = outputs[post.coverage_output][0, 0]  # [rows, cols]
+        bbox = outputs[post.bbox_output][0]  # [4, rows, cols]
+        rows, cols = np.nonzero(cov > self.settings.detection_threshold)
+        cx = cols * post.stride + post.offset
+        cy = rows * post.stride + post.offset
+        corners = np.stack(
+            [
+                cx - bbox[0, rows, cols] * post.bbox_norm,
+                cy - bbox[1, rows, cols] * post.bbox_norm,
+                cx + bbox[2, rows, cols] * post.bbox_norm,
+                cy + bbox[3, rows, cols] * post.bbox_norm,
+            ],
+            axis=1,
+        ).reshape(-1, 2, 2)
+        pixels = placement.to_source(corners).reshape(-1, 4)
+        pixels[:, 0::2] = np.clip(pixels[:, 0::2], 0, frame_w)
+        pixels[:, 1::2] = np.clip(pixels[:, 1::2], 0, frame_h)
+        scores = cov[rows, cols].astype(np.float64)
+        keep = non_max_suppression(pixels.tolist(), scores.tolist(), self.settings.nms_iou)
+        return [(*map(float, pixels[i]), float(scores[i])) for i in keep]  # type: ignore[misc]
+
+    # -- landmarks ---------------------------------------------------------------
 
     def landmarks(
         self, frame: np.ndarray, boxes: Sequence[Box]
     ) -> Tuple[np.ndarray, np.ndarray, List[int]]:
         """68 landmarks per box: ([n, 68, 2] frame pixels, [n, 4] crop boxes, kept indices)."""
         h, w = frame.shape[:2]
-        size = self._lm_pre.width
         crops, kept = [], []
         for i, (x1, y1, x2, y2, _score) in enumerate(boxes):
             cx, cy, cw, ch = face_crop_box((x1, y1, x2 - x1, y2 - y1), w, h)
@@ -116,16 +169,29 @@ class Perception:
                 crops.append((cx, cy, cw, ch))
                 kept.append(i)
         points = np.zeros((len(crops), 68, 2), dtype=np.float64)
-        for start in range(0, len(crops), self._lm_batch):
-            chunk = crops[start : start + self._lm_batch]
-            batch = np.empty((len(chunk), size, size, 3), dtype=np.float32)
+        post = self._lm_entry.postprocessing
+        step = self._lm_entry.max_batch
+        for start in range(0, len(crops), step):
+            chunk = crops[start : start + step]
+            batch = np.empty((len(chunk), *input_shape(self._lm_pre)), dtype=np.float32)
+            placements = []
             for j, (cx, cy, cw, ch) in enumerate(chunk):
-                preprocess.landmark_input(frame[cy : cy + ch, cx : cx + cw], size, out=batch[j])
-            out = self._landmarks(batch)
+                crop = frame[cy : cy + ch, cx : cx + cw]
+                placements.append(prepare_image(crop, self._lm_pre, out=batch[j])[1])
+            outputs = _outputs(self._lm_entry, self._landmarks(batch))
             for j, (cx, cy, cw, ch) in enumerate(chunk):
-                rel = landmarks_to_crop_pixels(out[j], cw, ch, size)
+                if isinstance(post, LandmarkDecoding):
+                    raw = outputs[self._lm_entry.outputs[0].name][j]
+                    rel = landmarks_to_crop_pixels(raw, cw, ch, self._lm_pre.width)
+                elif isinstance(post, KeypointDecoding):
+                    raw = outputs[post.keypoints_output][j].reshape(-1, 2)[:68]
+                    rel = placements[j].to_source(raw)
+                else:  # pragma: no cover - the manifest validator allows no other kind
+                    raise PerceptionError(f"unsupported landmark decoding {post.kind}")
                 points[start + j] = rel + np.array([cx, cy], dtype=np.float64)
         return points, np.asarray(crops, dtype=np.float64).reshape(-1, 4), kept
+
+    # -- emotion -----------------------------------------------------------------
 
     def classify(self, points: np.ndarray, crop_boxes: np.ndarray) -> List[EmotionResult]:
         """Emotion per face from its landmarks (empty when no emotion model is set)."""
@@ -135,20 +201,21 @@ class Perception:
         pre = entry.preprocessing
         assert isinstance(pre, LandmarksInput)
         features = normalize(points, pre.normalization, boxes=crop_boxes, order=pre.order)
-        shape = entry.inputs[0].shape
-        if len(shape) == 3:  # NVIDIA TAO exports take [N, 136, 1]
+        if len(entry.inputs[0].shape) == 3:  # NVIDIA TAO exports take [N, 136, 1]
             features = features[:, :, None]
-        probs = np.asarray(self._emotion(features), dtype=np.float64).reshape(len(points), -1)
+        outputs = self._emotion(features)
+        probs = np.asarray(outputs[0], dtype=np.float64).reshape(len(points), -1)
         post = entry.postprocessing
         if isinstance(post, ClassifierDecoding) and post.activation == "softmax":
             probs = np.exp(probs - probs.max(axis=1, keepdims=True))
             probs /= probs.sum(axis=1, keepdims=True)
         labels = entry.labels or []
-        results = []
-        for row in probs:
-            scores = {label: float(p) for label, p in zip(labels, row)}
-            results.append(EmotionResult(labels[int(np.argmax(row))], scores))
-        return results
+        return [
+            EmotionResult(
+                labels[int(np.argmax(row))], {lab: float(p) for lab, p in zip(labels, row)}
+            )
+            for row in probs
+        ]
 
     def process(self, frame: np.ndarray) -> List[Face]:
         boxes = self.detect(frame)

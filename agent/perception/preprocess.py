@@ -1,58 +1,112 @@
-"""Fast image preparation for the face-api.js nets with OpenCV.
+"""Image preparation for any manifest image model, with OpenCV.
 
-engines/faceapi.py holds the exact numpy replica of face-api's preparation
-(tf.image.resizeBilinear without half-pixel centres), used to verify the port.
-It costs ~30 ms per 640x480 frame on a 2-core CPU; the same sampling done by
-cv2.warpAffine (source = destination x scale, no half-pixel shift) costs ~2 ms
-and differs by less than one grey level (tests/test_perception.py measures it).
+A frame or face crop is padded (``square_pad``), resized to the model's size,
+converted to its channel order, value range and layout. The graphs bundled with
+the agent fold normalisation in, so for them this is pad + resize only.
+
+Resizing samples like TensorFlow's resizeBilinear without half-pixel centres
+(source = destination x scale), as face-api.js does: engines/faceapi.py holds the
+exact numpy replica (~30 ms per 640x480 frame on a 2-core CPU); cv2.warpAffine
+does the same sampling in ~2 ms and differs by less than one grey level
+(tests/test_perception.py measures it).
 """
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
 from agent.perception.video import cv2_module
+from engines.manifest import ImageInput
 
 
-def _scale_warp(
-    square: np.ndarray, size: int, out: Optional[np.ndarray], offset: float = 0.0
-) -> np.ndarray:
+@dataclass(frozen=True)
+class Placement:
+    """Where the source image sits inside the padded square (or stretched) model input.
+
+    model-input pixel (u, v) corresponds to source pixel
+    (u * scale_x - pad_left, v * scale_y - pad_top).
+    """
+
+    pad_left: float
+    pad_top: float
+    scale_x: float
+    scale_y: float
+
+    def to_source(self, xy: np.ndarray) -> np.ndarray:
+        """[..., 2] model-input pixels -> source-image pixels."""
+        out = np.asarray(xy, dtype=np.float64).copy()
+        out[..., 0] = out[..., 0] * self.scale_x - self.pad_left
+        out[..., 1] = out[..., 1] * self.scale_y - self.pad_top
+        return out
+
+
+def _pads(h: int, w: int, mode: str) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) zero padding that makes h x w square."""
+    if mode == "none" or h == w:
+        return 0, 0, 0, 0
+    diff = abs(h - w)
+    if mode == "bottom_right":
+        before, after = 0, diff
+    else:  # centre, face-api's split: round(diff / 2) after, the rest before
+        after = int(np.floor(diff * 0.5 + 0.5))
+        before = diff - after
+    return (0, 0, before, after) if h > w else (before, after, 0, 0)
+
+
+def prepare_image(
+    image: np.ndarray, pre: ImageInput, out: Optional[np.ndarray] = None
+) -> Tuple[np.ndarray, Placement]:
+    """BGR uint8 [H, W, 3] -> one model input ([h, w, c] or [c, h, w] float32) and its placement."""
     cv2 = cv2_module()
-    side = square.shape[0]
-    s = side / float(size)
-    inverse = np.array([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=np.float64)
-    warped = cv2.warpAffine(
-        square,
+    h, w = image.shape[:2]
+    top, bottom, left, right = _pads(h, w, pre.square_pad)
+    if top or bottom or left or right:
+        padded = np.zeros((h + top + bottom, w + left + right, 3), dtype=image.dtype)
+        padded[top : top + h, left : left + w] = image
+    else:
+        padded = np.ascontiguousarray(image)
+    ph, pw = padded.shape[:2]
+    sx, sy = pw / float(pre.width), ph / float(pre.height)
+    inverse = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]], dtype=np.float64)
+    resized = cv2.warpAffine(
+        padded,
         inverse,
-        (size, size),
+        (pre.width, pre.height),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+    if pre.color == "RGB":
+        resized = resized[:, :, ::-1]
+    elif pre.color == "GRAY":
+        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
+    if pre.layout == "NCHW":
+        resized = resized.transpose(2, 0, 1)
     if out is None:
-        return warped.astype(np.float32)
-    np.copyto(out, warped, casting="unsafe")
-    return out
+        out = np.empty(resized.shape, dtype=np.float32)
+    np.copyto(out, resized, casting="unsafe")
+    if pre.value_range == "0..1":
+        out *= 1.0 / 255.0
+    return out, Placement(float(left), float(top), sx, sy)
+
+
+def input_shape(pre: ImageInput) -> Tuple[int, int, int]:
+    if pre.layout == "NCHW":
+        return (pre.channels, pre.height, pre.width)
+    return (pre.height, pre.width, pre.channels)
+
+
+_FACEAPI_DETECTOR = ImageInput(width=416, height=416, square_pad="bottom_right")
+_FACEAPI_LANDMARKS = ImageInput(width=112, height=112, square_pad="center")
 
 
 def detector_input(frame: np.ndarray, size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """[H, W, 3] uint8 frame -> [size, size, 3] float32: zero pad bottom/right, resize."""
-    h, w = frame.shape[:2]
-    side = max(h, w)
-    if h != w:
-        square = np.zeros((side, side, 3), dtype=frame.dtype)
-        square[:h, :w] = frame
-    else:
-        square = frame
-    return _scale_warp(square, size, out)
+    """face-api detector input: zero pad bottom/right, resize to size x size, BGR 0..255."""
+    pre = _FACEAPI_DETECTOR.model_copy(update={"width": size, "height": size})
+    return prepare_image(frame, pre, out)[0]
 
 
 def landmark_input(crop: np.ndarray, size: int, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """[h, w, 3] face crop -> [size, size, 3] float32: zero pad centred (face-api's split)."""
-    h, w = crop.shape[:2]
-    if h != w:
-        diff = abs(h - w)
-        after = int(np.floor(diff * 0.5 + 0.5))  # JavaScript Math.round
-        before = diff - after
-        pads = ((0, 0), (before, after), (0, 0)) if h > w else ((before, after), (0, 0), (0, 0))
-        crop = np.pad(crop, pads)
-    return _scale_warp(np.ascontiguousarray(crop), size, out)
+    """face-api landmark input: zero pad centred, resize to size x size, BGR 0..255."""
+    pre = _FACEAPI_LANDMARKS.model_copy(update={"width": size, "height": size})
+    return prepare_image(crop, pre, out)[0]

@@ -137,3 +137,37 @@ def fpenet_like(path: Path, template: np.ndarray, size: int = 80) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+TEST_LABELS = ["neutral", "happy", "surprise", "squint", "disgust", "scream"]
+
+
+def manifest_with_test_emotion(folder: Path) -> Path:
+    """The bundled manifest (absolute file paths) plus a generated TAO-shaped emotion
+    model named ``tao_emotionnet``; returns the new manifest's path."""
+    import yaml
+
+    from engines.manifest import BUNDLED_DIR, BUNDLED_MANIFEST, file_sha256
+
+    data = yaml.safe_load(BUNDLED_MANIFEST.read_text())
+    for entry in data["models"].values():
+        entry["file"] = str(BUNDLED_DIR / entry["file"])
+    model = emotion_classifier(
+        folder / "tao.onnx", "input_landmarks:0", ["N", 136, 1], "softmax/Softmax:0", 6
+    )
+    data["models"]["tao_emotionnet"] = {
+        "task": "emotion",
+        "file": "tao.onnx",
+        "sha256": file_sha256(model),
+        "inputs": [{"name": "input_landmarks:0", "shape": ["N", 136, 1]}],
+        "outputs": [{"name": "softmax/Softmax:0", "shape": ["N", 6]}],
+        "preprocessing": {"kind": "landmarks68", "normalization": "centered_aligned_rms"},
+        "postprocessing": {"kind": "classifier"},
+        "labels": TEST_LABELS,
+        "max_batch": 8,
+        "license": "test",
+        "source": "generated",
+    }
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -7,41 +7,18 @@ import numpy as np
 import pytest
 import yaml
 
-from engines.manifest import BUNDLED_DIR, BUNDLED_MANIFEST, file_sha256
 from tests.conftest import REPO, run_cli
-from tests.onnx_models import emotion_classifier
+from tests.onnx_models import TEST_LABELS as LABELS
+from tests.onnx_models import manifest_with_test_emotion
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is part of the test install")
 SAMPLES = REPO / "agent" / "samples"
-LABELS = ["neutral", "happy", "surprise", "squint", "disgust", "scream"]
 
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     """The bundled models plus a generated TAO-shaped emotion model."""
-    folder = tmp_path_factory.mktemp("models")
-    data = yaml.safe_load(BUNDLED_MANIFEST.read_text())
-    for entry in data["models"].values():
-        entry["file"] = str(BUNDLED_DIR / entry["file"])
-    model = emotion_classifier(
-        folder / "tao.onnx", "input_landmarks:0", ["N", 136, 1], "softmax/Softmax:0", 6
-    )
-    data["models"]["tao_emotionnet"] = {
-        "task": "emotion",
-        "file": "tao.onnx",
-        "sha256": file_sha256(model),
-        "inputs": [{"name": "input_landmarks:0", "shape": ["N", 136, 1]}],
-        "outputs": [{"name": "softmax/Softmax:0", "shape": ["N", 6]}],
-        "preprocessing": {"kind": "landmarks68", "normalization": "centered_aligned_rms"},
-        "postprocessing": {"kind": "classifier"},
-        "labels": LABELS,
-        "max_batch": 8,
-        "license": "test",
-        "source": "generated",
-    }
-    path = folder / "manifest.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return manifest_with_test_emotion(tmp_path_factory.mktemp("models"))
 
 
 def analyze(manifest: Path, *args: str):

@@ -8,8 +8,9 @@ from typing import Any, Callable, Dict
 from agent.analyze import AnalyzeOptions, InputError, analyze_file
 from agent.cli.context import CliContext
 from agent.perception.factory import build_perception
+from agent.perception.runners import onnxruntime_runner
 from agent.perception.video import OpenCVMissing
-from engines.manifest import ManifestError, ModelIntegrityError, ResolvedModel
+from engines.manifest import ManifestError, ModelIntegrityError
 
 EXIT_FAILURE = 1
 
@@ -51,24 +52,6 @@ def add_parser(
     parser.set_defaults(handler=_analyze)
 
 
-def _onnxruntime_runner(threads: int) -> Callable[[ResolvedModel], Any]:
-    import onnxruntime as ort
-
-    def make(model: ResolvedModel) -> Callable[[Any], Any]:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
-        input_name = session.get_inputs()[0].name
-        output_names = [spec.name for spec in model.entry.outputs]
-
-        def run(batch: Any) -> Any:
-            return session.run(output_names, {input_name: batch})
-
-        return run
-
-    return make
-
-
 def _table(result: Dict[str, Any]) -> str:
     def faces_lines(faces: Any, indent: str) -> list:
         lines = []
@@ -104,9 +87,7 @@ def _analyze(args: argparse.Namespace, ctx: CliContext) -> int:
         return 2
     config = ctx.load().config
     try:
-        perception = build_perception(
-            config, _onnxruntime_runner(config.models.onnxruntime_threads)
-        )
+        perception = build_perception(config, onnxruntime_runner(config.models.onnxruntime_threads))
     except (ManifestError, ModelIntegrityError, OpenCVMissing) as exc:
         print(f"emotion-agent analyze: {exc}", file=ctx.stderr)
         return EXIT_FAILURE

@@ -1,0 +1,170 @@
+"""``emotion-agent bench``: run the real loop for N frames and report its figures."""
+
+import argparse
+import json
+import os
+import threading
+import time
+import tracemalloc
+from typing import Any, Callable, Dict, Optional
+
+from agent.cli.context import CliContext
+from agent.perception.video import OpenCVMissing
+from agent.runtime import build_runtime
+from engines.manifest import ManifestError, ModelIntegrityError
+
+EXIT_FAILURE = 1
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def emit(self, event: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
+def add_parser(
+    subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    common: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure the real loop on a source: fps, latency, per-stage figures",
+        description=(
+            "Run the real loop (capture, detection, landmarks, emotion, tracking, events) for "
+            "N frames after a warm-up and report frames/s, latency percentiles, per-stage "
+            "figures, model time and the loop's overhead over it. File and synthetic sources "
+            "are read as fast as the loop takes them (every frame processed, none dropped)."
+        ),
+    )
+    parser.add_argument(
+        "--source", metavar="URI", help="camera URI (default: camera.source of the config)"
+    )
+    parser.add_argument("--frames", metavar="N", type=int, default=300, help="frames (300)")
+    parser.add_argument("--warmup", metavar="W", type=int, default=20, help="warm-up frames (20)")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "tensorrt", "onnxruntime"],
+        help="inference backend (default: models.backend of the config)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="also measure Python memory growth between the first and last measured frame",
+    )
+    common(parser)
+    parser.set_defaults(handler=_bench)
+
+
+def _rss_mb() -> Optional[float]:
+    try:
+        with open("/proc/self/statm") as handle:
+            pages = int(handle.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.source:
+        ctx.overrides.append(f"camera.source={args.source}")
+    if args.backend:
+        ctx.overrides.append(f"models.backend={args.backend}")
+    config = ctx.load().config
+    if config.models.backend == "tensorrt":
+        print("emotion-agent bench: the tensorrt backend is not available here", file=ctx.stderr)
+        return EXIT_FAILURE
+    sink = CountingSink()
+    try:
+        runtime = build_runtime(config, sink, lossless=True, pace=False)
+    except (ManifestError, ModelIntegrityError, OpenCVMissing, ValueError) as exc:
+        print(f"emotion-agent bench: {exc}", file=ctx.stderr)
+        return EXIT_FAILURE
+
+    stop = threading.Event()
+    result: Dict[str, Any] = {}
+
+    def measured(loop_run: Callable[..., int]) -> Callable[..., int]:
+        def run(ring, stop_event, max_frames=None, **kwargs):
+            loop_run(ring, stop_event, args.warmup)
+            runtime.metrics.reset()
+            if args.tracemalloc:
+                tracemalloc.start()
+                before = tracemalloc.take_snapshot()
+            rss_before = _rss_mb()
+            start = time.perf_counter()
+            done = loop_run(ring, stop_event, args.frames)
+            elapsed = time.perf_counter() - start
+            result.update(frames=done, elapsed=elapsed, rss_before=rss_before, rss_after=_rss_mb())
+            if args.tracemalloc:
+                after = tracemalloc.take_snapshot()
+                grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+                tracemalloc.stop()
+                result["tracemalloc_growth_bytes"] = grown
+            return done
+
+        return run
+
+    runtime.loop.run = measured(runtime.loop.run)  # type: ignore[method-assign]
+    runtime.run(stop)
+    snap = runtime.snapshot()
+    frames = result.get("frames", 0)
+    elapsed = result.get("elapsed", 0.0)
+    model_ms = sum(w.total_ms() for w in runtime.metrics.models.values())
+    process_ms = runtime.metrics.process.total_ms()
+    report: Dict[str, Any] = {
+        "frames": frames,
+        "fps": round(frames / elapsed, 2) if elapsed > 0 else None,
+        "latency_ms": snap.latency_ms,
+        "stages": {
+            s.name: {
+                "fps": None if s.fps is None else round(s.fps, 2),
+                "p50_ms": None if s.p50_ms is None else round(s.p50_ms, 3),
+                "p95_ms": None if s.p95_ms is None else round(s.p95_ms, 3),
+            }
+            for s in snap.stages
+        },
+        "backend": runtime.backend,
+        "dropped": snap.frames_dropped,
+        "source": config.camera.source,
+        "faces_per_frame": round(snap.faces_per_frame, 3),
+        "events": snap.events,
+        "models_ms": {
+            role: {
+                "p50": round(w.percentiles([50])[0], 3),
+                "mean": round(w.total_ms() / w.count, 3),
+            }
+            for role, w in runtime.metrics.models.items()
+            if w.count
+        },
+        "loop_overhead_pct": round(100.0 * (process_ms - model_ms) / model_ms, 2)
+        if model_ms > 0
+        else None,
+        "ring_allocations": runtime.ring.allocations,
+        "rss_mb": {"before": result.get("rss_before"), "after": result.get("rss_after")},
+    }
+    if "tracemalloc_growth_bytes" in result:
+        report["tracemalloc_growth_bytes"] = result["tracemalloc_growth_bytes"]
+    if args.json:
+        print(json.dumps(report), file=ctx.stdout)
+        return 0
+    out = ctx.stdout
+    print(f"source   {report['source']}  backend {report['backend']}", file=out)
+    print(
+        f"frames   {frames} in {elapsed:.2f} s = {report['fps']} frames/s, "
+        f"{report['dropped']} dropped, {report['faces_per_frame']} faces/frame",
+        file=out,
+    )
+    lat = report["latency_ms"]
+    print(f"latency  p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms", file=out)
+    for name, st in report["stages"].items():
+        print(f"  {name:<10} p50 {st['p50_ms']} ms  p95 {st['p95_ms']} ms", file=out)
+    for role, st in report["models_ms"].items():
+        print(f"  model {role:<10} p50 {st['p50']} ms  mean {st['mean']} ms", file=out)
+    print(f"loop overhead over model time: {report['loop_overhead_pct']} %", file=out)
+    return 0

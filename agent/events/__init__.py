@@ -1,0 +1,6 @@
+"""Emotion events (the wire model) and the sinks they go to."""
+
+from agent.events.models import EmotionEvent, EventType
+from agent.events.sinks import EventSink, JsonLinesSink
+
+__all__ = ["EmotionEvent", "EventSink", "EventType", "JsonLinesSink"]

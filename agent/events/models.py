@@ -1,0 +1,40 @@
+"""The emotion event: what the loop reports about a tracked face.
+
+Types (as Frigate does for objects): ``new`` when a track is confirmed,
+``update`` when its smoothed label changes with enough confidence, ``end`` when
+it has not been seen for ``pipeline.track_timeout_s``, ``summary`` every
+``pipeline.summary_interval_s`` while it lasts (optional), and ``secondary``
+when the reduced-rate secondary model has a result for it. No image data is
+ever part of an event.
+
+The MQTT publisher wraps events with the schema version, device id and
+sequence number (docs/mqtt.md).
+"""
+
+from datetime import datetime
+from typing import Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EventType = Literal["new", "update", "end", "summary", "secondary"]
+
+
+class EmotionEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: EventType
+    track_id: int = Field(ge=0, description="Per-process track id, increasing from 1.")
+    timestamp: datetime = Field(description="UTC time of the frame that produced the event.")
+    label: Optional[str] = Field(None, description="Smoothed emotion label of the track.")
+    confidence: Optional[float] = Field(None, ge=0, le=1, description="Its smoothed probability.")
+    scores: Dict[str, float] = Field(default_factory=dict, description="Smoothed probabilities.")
+    previous_label: Optional[str] = Field(None, description="update: the label before.")
+    bbox: Optional[List[float]] = Field(
+        None, description="Last face box x1, y1, x2, y2 in frame pixels."
+    )
+    frame_index: int = Field(ge=0, description="Capture sequence number of the frame.")
+    duration_s: float = Field(ge=0, description="Seconds since the track was first seen.")
+    latency_ms: Optional[float] = Field(None, ge=0, description="From frame capture to this event.")
+    secondary: Optional[Dict[str, float]] = Field(
+        None, description="secondary: the secondary model's top scores."
+    )

@@ -1,0 +1,36 @@
+"""Where events go. The MQTT publisher is one sink; JSON lines (stdout or a file) another."""
+
+import threading
+from pathlib import Path
+from typing import IO, Optional, Protocol
+
+from agent.events.models import EmotionEvent
+
+
+class EventSink(Protocol):
+    def emit(self, event: EmotionEvent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """One JSON object per line, flushed per event (stdout, or appended to a file)."""
+
+    def __init__(self, stream: Optional[IO[str]] = None, path: Optional[Path] = None) -> None:
+        if (stream is None) == (path is None):
+            raise ValueError("give a stream or a path")
+        self._owned = stream is None
+        self._stream: IO[str] = stream if stream is not None else open(path, "a", encoding="utf-8")  # type: ignore[arg-type]  # noqa: SIM115
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def emit(self, event: EmotionEvent) -> None:
+        line = event.model_dump_json(exclude_none=True)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+            self.count += 1
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()

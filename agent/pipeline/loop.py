@@ -1,0 +1,227 @@
+"""The real-time loop: take the newest frame, detect (every Nth frame), track,
+landmarks and emotion for every tracked face in one batch, smooth, emit events.
+
+Everything it needs is injected (perception, ring, tracker, smoother, sink,
+clocks, metrics), so tests drive it frame by frame with ``step`` and the daemon
+runs it with ``run``.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from agent.capture.ring import Frame, FrameRing
+from agent.events.models import EmotionEvent
+from agent.events.sinks import EventSink
+from agent.perception.pipeline import Perception
+from agent.pipeline.metrics import PipelineMetrics
+from agent.pipeline.secondary import SecondaryWorker
+from agent.tracking.smoothing import EmotionSmoother
+from agent.tracking.tracker import IoUTracker, Track, TrackUpdate
+
+log = logging.getLogger("emotion_agent.pipeline")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    detect_every_n: int = 1
+    summary_interval_s: float = 0.0
+    max_fps: Optional[float] = None
+
+
+class Loop:
+    def __init__(
+        self,
+        perception: Perception,
+        tracker: IoUTracker,
+        smoother: EmotionSmoother,
+        sink: EventSink,
+        settings: LoopSettings = LoopSettings(),
+        metrics: Optional[PipelineMetrics] = None,
+        secondary: Optional[SecondaryWorker] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        on_frame: Optional[Callable[[Frame, List[Track]], None]] = None,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.perception = perception
+        self.tracker = tracker
+        self.smoother = smoother
+        self.sink = sink
+        self.settings = settings
+        self.metrics = metrics or PipelineMetrics()
+        self.secondary = secondary
+        self._clock = clock
+        self._wall = wall_clock
+        self._on_frame = on_frame
+        self._heartbeat = heartbeat
+        self._frames = 0
+        self._last_frame_at: Optional[float] = None
+
+    # -- events ------------------------------------------------------------------
+
+    def _timestamp(self, captured_at: float) -> datetime:
+        lag = max(0.0, self._clock() - captured_at)
+        return datetime.fromtimestamp(self._wall() - lag, tz=timezone.utc)
+
+    def _emit(self, kind: str, track: Track, frame_index: int, captured_at: float, **extra) -> None:
+        latency_ms = max(0.0, (self._clock() - captured_at) * 1000.0)
+        event = EmotionEvent(
+            type=kind,  # type: ignore[arg-type]
+            track_id=track.id,
+            timestamp=self._timestamp(captured_at),
+            label=track.label,
+            confidence=self.smoother.confidence(track),
+            scores=self.smoother.scores(track),
+            bbox=[round(float(v), 1) for v in track.bbox],
+            frame_index=frame_index,
+            duration_s=round(max(0.0, track.last_seen - track.first_seen), 3),
+            latency_ms=round(latency_ms, 2),
+            **extra,
+        )
+        self.sink.emit(event)
+        self.metrics.events += 1
+        self.metrics.event.add(self._clock(), latency_ms)
+
+    # -- one frame -----------------------------------------------------------------
+
+    def step(self, frame: Frame) -> List[Track]:
+        """Process one frame; return the tracks seen in it."""
+        clock, m = self._clock, self.metrics
+        image, now = frame.image, frame.captured_at
+        detect = self._frames % self.settings.detect_every_n == 0 or not self.tracker.tracks
+        self._frames += 1
+
+        t0 = clock()
+        if detect:
+            boxes = self.perception.detect(image)
+            t1 = clock()
+            m.stage("detect", t1, (t1 - t0) * 1000)
+            update = self.tracker.update(boxes, now)
+            t2 = clock()
+            m.stage("track", t2, (t2 - t1) * 1000)
+        else:  # between detections the tracks keep their last boxes
+            boxes = [(*t.bbox, t.score) for t in self.tracker.tracks]
+            update = TrackUpdate([(t, i) for i, t in enumerate(self.tracker.tracks)], [], [])
+            update.ended.extend(self.tracker.expire(now))
+            t2 = clock()
+        seen = [track for track, _ in update.matched]
+
+        t3 = clock()
+        points, crops, kept = self.perception.landmarks(image, boxes)
+        t4 = clock()
+        m.stage("landmarks", t4, (t4 - t3) * 1000)
+        emotions = self.perception.classify(points, crops)
+        t5 = clock()
+        m.stage("emotion", t5, (t5 - t4) * 1000)
+
+        by_detection: Dict[int, Track] = {i: track for track, i in update.matched}
+        changes = []
+        for k, det_index in enumerate(kept):
+            track = by_detection.get(det_index)
+            if track is None:
+                continue
+            track.landmarks = points[k]
+            if emotions:
+                probs = [emotions[k].scores[label] for label in self.smoother.labels]
+                change = self.smoother.observe(track, probs)
+                if change is not None and track.confirmed and track not in update.confirmed:
+                    changes.append((track, change[0]))
+        for track in update.confirmed:
+            self._emit("new", track, frame.index, frame.captured_at)
+        for track, previous in changes:
+            self._emit("update", track, frame.index, frame.captured_at, previous_label=previous)
+        for track in update.ended:
+            self._emit("end", track, frame.index, frame.captured_at)
+        self._summaries(now, frame)
+        self._secondary(image, seen, frame)
+
+        done = clock()
+        m.frames_processed += 1
+        m.faces += len(kept)
+        m.frame.add(done, (done - frame.captured_at) * 1000)
+        m.process.add(done, (done - t0) * 1000)
+        self._heartbeat()
+        if self._on_frame is not None:
+            self._on_frame(frame, seen)
+        return seen
+
+    def _summaries(self, now: float, frame: Frame) -> None:
+        interval = self.settings.summary_interval_s
+        if interval <= 0:
+            return
+        for track in self.tracker.tracks:
+            if track.confirmed and now - track.last_summary >= interval:
+                if track.last_summary > 0:
+                    self._emit("summary", track, frame.index, frame.captured_at)
+                track.last_summary = now
+
+    def _secondary(self, image: np.ndarray, seen: List[Track], frame: Frame) -> None:
+        if self.secondary is None:
+            return
+        for track_id, scores in self.secondary.results():
+            track = next((t for t in self.tracker.tracks if t.id == track_id), None)
+            if track is not None:
+                self._emit("secondary", track, frame.index, frame.captured_at, secondary=scores)
+        candidates = [t for t in seen if t.confirmed]
+        if candidates:
+            # the track that waited longest since its last secondary run goes first
+            track = min(candidates, key=lambda t: t.last_secondary)
+            x1, y1, x2, y2 = (int(max(0, v)) for v in track.bbox)
+            crop = image[y1:y2, x1:x2]
+            if crop.size and self.secondary.offer(track.id, crop):
+                track.last_secondary = self._clock()
+
+    def idle(self) -> None:
+        """No frame came: still end tracks that timed out."""
+        now = self._clock()
+        for track in self.tracker.expire(now):
+            self._emit("end", track, 0, now)
+        self._heartbeat()
+
+    def finish(self) -> None:
+        """Shutdown: end every confirmed track."""
+        now = self._clock()
+        for track in self.tracker.end_all():
+            self._emit("end", track, 0, now)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(
+        self,
+        ring: FrameRing,
+        stop: threading.Event,
+        max_frames: Optional[int] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> int:
+        """Process frames until ``stop`` is set, the source ends, or ``max_frames``."""
+        processed = 0
+        min_period = 1.0 / self.settings.max_fps if self.settings.max_fps else 0.0
+        while not stop.is_set():
+            frame = ring.take(timeout=0.5)
+            if frame is None:
+                if ring.closed:  # the source ended (file without loop) or capture stopped
+                    break
+                self.idle()
+                continue
+            try:
+                self.step(frame)
+            except Exception:  # one bad frame must not end the loop
+                log.exception("frame %d failed", frame.index)
+            finally:
+                ring.release(frame)
+            processed += 1
+            if max_frames is not None and processed >= max_frames:
+                break
+            if min_period:
+                spent = self._clock() - (self._last_frame_at or self._clock())
+                if spent < min_period:
+                    sleep(min_period - spent)
+                self._last_frame_at = self._clock()
+        self.finish()
+        return processed

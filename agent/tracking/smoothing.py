@@ -1,0 +1,55 @@
+"""Per-track emotion smoothing: EMA over probabilities, with hysteresis on the label.
+
+The smoothed distribution is ``p <- alpha * new + (1 - alpha) * p``. The label
+a track reports changes only when another label leads the smoothed
+distribution, reaches ``min_confidence`` and beats the current label by
+``margin``: single-frame flicker never becomes an event.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from agent.tracking.tracker import Track
+
+
+class EmotionSmoother:
+    def __init__(
+        self, labels: Sequence[str], alpha: float, min_confidence: float, margin: float = 0.1
+    ) -> None:
+        self.labels: List[str] = list(labels)
+        self.alpha = alpha
+        self.min_confidence = min_confidence
+        self.margin = margin
+
+    def observe(self, track: Track, probs: Sequence[float]) -> Optional[Tuple[Optional[str], str]]:
+        """Fold one frame's probabilities in; return (old, new) when the label changes."""
+        new = np.asarray(probs, dtype=np.float64)
+        if track.probs is None:
+            track.probs = new.copy()
+        else:
+            track.probs *= 1.0 - self.alpha
+            track.probs += self.alpha * new
+        best = int(np.argmax(track.probs))
+        best_label = self.labels[best]
+        if track.label is None:
+            track.label = best_label
+            return None  # the first label is reported by the "new" event
+        if best_label == track.label:
+            return None
+        current = self.labels.index(track.label)
+        lead = track.probs[best] - track.probs[current]
+        if track.probs[best] >= self.min_confidence and lead >= self.margin:
+            old, track.label = track.label, best_label
+            return old, best_label
+        return None
+
+    def scores(self, track: Track) -> Dict[str, float]:
+        if track.probs is None:
+            return {}
+        return {label: round(float(p), 4) for label, p in zip(self.labels, track.probs)}
+
+    def confidence(self, track: Track) -> Optional[float]:
+        if track.probs is None or track.label is None:
+            return None
+        return float(track.probs[self.labels.index(track.label)])

@@ -57,24 +57,27 @@ def _pads(h: int, w: int, mode: str) -> Tuple[int, int, int, int]:
 def prepare_image(
     image: np.ndarray, pre: ImageInput, out: Optional[np.ndarray] = None
 ) -> Tuple[np.ndarray, Placement]:
-    """BGR uint8 [H, W, 3] -> one model input ([h, w, c] or [c, h, w] float32) and its placement."""
+    """BGR uint8 [H, W, 3] -> one model input ([h, w, c] or [c, h, w] float32) and its placement.
+
+    The zero padding is not materialised: one affine warp samples the image as if it
+    were padded (pixels outside it read as 0), so a frame or a face crop (a view of
+    the frame) is read in place, with no copy before the resize.
+    """
     cv2 = cv2_module()
     h, w = image.shape[:2]
     top, bottom, left, right = _pads(h, w, pre.square_pad)
-    if top or bottom or left or right:
-        padded = np.zeros((h + top + bottom, w + left + right, 3), dtype=image.dtype)
-        padded[top : top + h, left : left + w] = image
-    else:
-        padded = np.ascontiguousarray(image)
-    ph, pw = padded.shape[:2]
+    ph, pw = h + top + bottom, w + left + right
     sx, sy = pw / float(pre.width), ph / float(pre.height)
-    inverse = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]], dtype=np.float64)
+    # destination (u, v) samples source (u * sx - left, v * sy - top)
+    inverse = np.array([[sx, 0.0, -float(left)], [0.0, sy, -float(top)]], dtype=np.float64)
+    border = cv2.BORDER_CONSTANT if (top or bottom or left or right) else cv2.BORDER_REPLICATE
     resized = cv2.warpAffine(
-        padded,
+        image,
         inverse,
         (pre.width, pre.height),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_REPLICATE,
+        borderMode=border,
+        borderValue=0,
     )
     if pre.color == "RGB":
         resized = resized[:, :, ::-1]

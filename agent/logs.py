@@ -4,7 +4,8 @@
   and the level.
 - Under systemd (stderr is the journal stream, as $JOURNAL_STREAM says): to
   journald through systemd-python's JournalHandler when it is installed, so
-  that fields such as CODE_FILE and extra structured fields are kept; otherwise
+  that fields such as CODE_FILE, SYSLOG_IDENTIFIER=emotion-agent and upper-case
+  ``extra`` fields (``extra={"EA_STAGE": "capture"}``) are kept; otherwise
   on stderr with sd-daemon level prefixes (``<3>``...), which journald turns
   into priorities. journald adds its own timestamps, so none are printed there.
 
@@ -14,8 +15,9 @@ has been read (it replaces the handlers it installed, never others').
 
 import logging
 import os
+import re
 import sys
-from typing import IO, Callable, Mapping, Optional
+from typing import IO, Any, Callable, Mapping, Optional
 
 LOGGER_NAME = "emotion_agent"
 _HANDLER_MARK = "_emotion_agent_handler"
@@ -51,12 +53,53 @@ def stderr_is_journal(stream: IO[str], environ: Mapping[str, str]) -> bool:
     return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
 
 
-def _journal_handler() -> Optional[logging.Handler]:
+#: Fields on every journal entry of the agent (``journalctl -t emotion-agent``).
+JOURNAL_FIELDS = {"SYSLOG_IDENTIFIER": "emotion-agent"}
+# journald field names: upper case, digits, underscores; no leading underscore; <= 64.
+_FIELD_NAME = re.compile(r"[A-Z0-9][A-Z0-9_]{0,63}")
+
+JournalSender = Callable[..., Any]
+
+
+def journal_fields_only(send: JournalSender) -> JournalSender:
+    """Wrap ``systemd.journal.send`` so that only real journal fields are sent.
+
+    systemd-python's JournalHandler passes every LogRecord attribute as a field
+    ("msg", "args", "levelname", ...). Invalid names are dropped (journald would
+    discard them anyway), and so is EXCEPTION_INFO (a tuple's repr; EXCEPTION_TEXT
+    carries the traceback). What remains: MESSAGE, PRIORITY, LOGGER, CODE_*,
+    THREAD_NAME, SYSLOG_IDENTIFIER and every upper-case ``extra`` such as
+    ``logger.info(..., extra={"EA_STAGE": "capture"})``.
+    """
+
+    def sender(*message: str, **fields: Any) -> Any:
+        # The text is positional: the record's own attributes include "message".
+        kept = {
+            name: value
+            for name, value in fields.items()
+            if _FIELD_NAME.fullmatch(name) and name != "EXCEPTION_INFO" and value is not None
+        }
+        return send(*message, **kept)
+
+    return sender
+
+
+def make_journal_handler(send: Optional[JournalSender] = None) -> Optional[logging.Handler]:
+    """systemd-python's JournalHandler with the agent's fields; None if it is not installed.
+
+    ``send`` replaces ``systemd.journal.send`` (tests capture what would be sent).
+    """
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+        from systemd import journal  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return JournalHandler(SYSLOG_IDENTIFIER="emotion-agent")
+    return journal.JournalHandler(
+        sender_function=journal_fields_only(send or journal.send), **JOURNAL_FIELDS
+    )
+
+
+def _journal_handler() -> Optional[logging.Handler]:
+    return make_journal_handler()
 
 
 def setup_logging(

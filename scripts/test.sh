@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 
-APT_PACKAGES=(mosquitto libsystemd-dev pkg-config python3-venv python3-dev gcc)
+APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

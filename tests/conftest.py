@@ -60,3 +60,7 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+# A real MQTT broker (mosquitto on a free loopback port), for every test module.
+from tests.mosquitto import mosquitto, start_mosquitto  # noqa: E402, F401

@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+import re
 
 from agent.logs import get_logger, setup_logging, stderr_is_journal
 
@@ -84,3 +85,33 @@ def test_systemd_python_journal_handler_is_used_by_default(tmp_path):
     ours = [h for h in logger.handlers if getattr(h, "_emotion_agent_handler", False)]
     assert [type(h) for h in ours] == [JournalHandler]
     setup_logging("INFO", "off", environ={})
+
+
+def test_journal_entries_carry_structured_fields(tmp_path):
+    """What the JournalHandler hands to journald (no journald runs here, so the sender is
+    captured instead of reading the journal)."""
+    from agent.logs import make_journal_handler
+
+    sent = []
+    handler = make_journal_handler(lambda message, **fields: sent.append((message, fields)))
+    with open(tmp_path / "j", "w") as stream:
+        setup_logging("INFO", "on", stream=stream, environ={}, journal_handler=lambda: handler)
+        log = get_logger("capture")
+        log.warning("camera %s lost", "cam0", extra={"EA_STAGE": "capture", "EA_RETRY_S": 2})
+        try:
+            raise OSError("gone")
+        except OSError:
+            log.exception("reopen failed", extra={"EA_STAGE": "capture"})
+    setup_logging("INFO", "off", environ={})
+
+    (message, fields), (_, failure) = sent
+    assert message == "camera cam0 lost"
+    assert fields["SYSLOG_IDENTIFIER"] == "emotion-agent"
+    assert fields["EA_STAGE"] == "capture" and fields["EA_RETRY_S"] == 2
+    assert fields["PRIORITY"] == "4" and fields["LOGGER"] == "emotion_agent.capture"
+    assert fields["CODE_FUNC"] == "test_journal_entries_carry_structured_fields"
+    assert all(re.fullmatch(r"[A-Z0-9][A-Z0-9_]*", name) for name in fields)
+    assert "msg" not in fields and "levelname" not in fields
+    assert failure["PRIORITY"] == "3" and "OSError: gone" in failure["EXCEPTION_TEXT"]
+    assert "EXCEPTION_INFO" not in failure
+    assert (tmp_path / "j").read_text() == ""

@@ -1,0 +1,127 @@
+"""Run every check in order and build the report. A check that crashes is a failure of
+that check, never of the doctor."""
+
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+from agent.config import AgentConfig, ConfigError, LoadedConfig
+from agent.doctor import modelfiles, network, system
+from agent.doctor.report import CheckResult, DoctorReport, fail, warn
+from agent.platform import detect_platform
+from agent.telemetry.collector import default_sources, merge_device, utc_now
+from agent.telemetry.jtop import JTOP_SOCKET
+from agent.telemetry.models import DeviceTelemetry
+
+CHECK_ORDER = ("config", "disk", "clock", "jtop", "backend", "models", "camera", "broker")
+
+
+@dataclass
+class DoctorEnv:
+    """What the checks read from the outside world (injected by tests)."""
+
+    root: Path = Path("/")
+    now: Callable[[], datetime] = utc_now
+    reference_time: Callable[[], Optional[datetime]] = system.package_time
+    importer: Callable[[str], Any] = importlib.import_module
+    statvfs: Callable[[str], Any] = os.statvfs
+    jtop_socket: Path = JTOP_SOCKET
+    argus_socket: Path = Path("/tmp/argus_socket")
+    timeout_s: float = 5.0
+    telemetry: bool = True
+    telemetry_gap_s: float = 0.5  # two /proc/stat samples for a CPU load
+    sleep: Callable[[float], None] = time.sleep
+    logger: logging.Logger = field(
+        default_factory=lambda: logging.getLogger("emotion_agent.doctor")
+    )
+
+
+def _guarded(name: str, check: Callable[[], CheckResult], log: logging.Logger) -> CheckResult:
+    try:
+        return check()
+    except Exception as exc:
+        log.debug("check %s crashed", name, exc_info=True)
+        return fail(name, f"the check itself failed: {type(exc).__name__}: {exc}")
+
+
+def device_health(config: AgentConfig, env: DoctorEnv) -> Optional[DeviceTelemetry]:
+    """One telemetry reading of the device, as the daemon would publish it."""
+    sources = default_sources(
+        config, root=env.root, jtop_socket=env.jtop_socket, importer=env.importer, logger=env.logger
+    )
+    try:
+        merge_device(sources)  # first sample: CPU counters
+        env.sleep(env.telemetry_gap_s)
+        return merge_device(sources)
+    finally:
+        for source in sources:
+            source.close()
+
+
+def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None) -> DoctorReport:
+    """``load`` reads the configuration as the daemon would (raises ConfigError)."""
+    env = env or DoctorEnv()
+    log = env.logger
+    checks: List[CheckResult] = []
+    config: Optional[AgentConfig] = None
+    try:
+        loaded = load()
+    except ConfigError as exc:
+        checks.append(fail("config", str(exc), "fix it, then: emotion-agent config validate"))
+    else:
+        config = loaded.config
+        where = str(loaded.path) if loaded.path else "built-in defaults (no file)"
+        checks.append(CheckResult(name="config", status="ok", message=f"{where} is valid"))
+    platform = detect_platform(env.root)
+
+    checks.append(
+        _guarded("clock", lambda: system.check_clock(env.now(), env.reference_time()), log)
+    )
+    if config is None:
+        for name in ("disk", "jtop", "backend", "models", "camera", "broker"):
+            checks.append(warn(name, "not checked: the configuration is invalid"))
+    else:
+        cfg = config
+        checks += [
+            _guarded("disk", lambda: system.check_disk(cfg.state_dir, env.statvfs), log),
+            _guarded(
+                "jtop",
+                lambda: system.check_jtop(
+                    platform, cfg.telemetry.use_jtop, env.jtop_socket, env.importer
+                ),
+                log,
+            ),
+            _guarded(
+                "backend",
+                lambda: system.check_backend(cfg.models.backend, platform, env.importer),
+                log,
+            ),
+            _guarded("models", lambda: modelfiles.check_models(cfg.models, cfg.pipeline), log),
+            _guarded(
+                "camera",
+                lambda: network.check_camera(
+                    cfg.camera, platform, env.root, env.argus_socket, env.timeout_s
+                ),
+                log,
+            ),
+            _guarded(
+                "broker",
+                lambda: network.check_broker(
+                    cfg.mqtt, f"{cfg.effective_client_id()}-doctor-{os.getpid()}", env.timeout_s
+                ),
+                log,
+            ),
+        ]
+    checks.sort(key=lambda c: CHECK_ORDER.index(c.name) if c.name in CHECK_ORDER else 99)
+    telemetry = None
+    if env.telemetry:
+        try:
+            telemetry = device_health(config or AgentConfig(), env)
+        except Exception:
+            log.debug("device health reading failed", exc_info=True)
+    return DoctorReport.of(checks, telemetry)

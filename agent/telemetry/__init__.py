@@ -1,0 +1,48 @@
+"""Health telemetry: what the device and the pipeline are doing, as one message.
+
+Modules (dependencies point down):
+
+- ``collector``: :class:`TelemetryCollector` (merges sources into a
+  :class:`TelemetryMessage`) and :class:`TelemetryReporter` (periodic, to a sink);
+- ``jtop``: the jetson-stats source; ``device``: the /sys + /proc source, built
+  on ``jetson`` (thermal, GPU, power rails, fans, nvpmodel), ``procfs`` (CPU,
+  memory, uptime) and ``sysfs`` (safe file reading below an injectable root);
+- ``pipeline``: the snapshot the real-time loop provides, and systemd's status line;
+- ``models``: the wire format (pydantic, unknown keys forbidden).
+
+See docs/telemetry.md.
+"""
+
+from agent.telemetry.collector import (
+    DeviceSource,
+    TelemetryCollector,
+    TelemetryReporter,
+    TelemetrySink,
+    config_hash,
+    default_sources,
+)
+from agent.telemetry.models import SCHEMA_VERSION, DeviceTelemetry, TelemetryMessage
+from agent.telemetry.pipeline import (
+    ModelSnapshot,
+    PipelineSnapshot,
+    PipelineSnapshotProvider,
+    StageSnapshot,
+    status_line,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DeviceSource",
+    "DeviceTelemetry",
+    "ModelSnapshot",
+    "PipelineSnapshot",
+    "PipelineSnapshotProvider",
+    "StageSnapshot",
+    "TelemetryCollector",
+    "TelemetryMessage",
+    "TelemetryReporter",
+    "TelemetrySink",
+    "config_hash",
+    "default_sources",
+    "status_line",
+]

@@ -65,6 +65,18 @@ class CaptureThread(threading.Thread):
         self.failures = 0
         self.state = CaptureState("opening")
 
+    def _wait(self, delay: float) -> bool:
+        """Wait ``delay`` seconds (True if stopped meanwhile), showing signs of life:
+        a camera that is away is not a hung capture thread."""
+        end = self._clock() + delay
+        while True:
+            left = end - self._clock()
+            if left <= 0:
+                return self._halt.is_set()
+            if self._halt.wait(min(1.0, left)):
+                return True
+            self._heartbeat()
+
     def _set(self, state: CaptureState) -> None:
         self.state = state
         self._on_state(state)
@@ -108,7 +120,7 @@ class CaptureThread(threading.Thread):
                 self.source.close()
                 delay = self.backoff.next_delay()
                 self._set(CaptureState("retrying", str(exc), self.backoff.attempt, delay))
-                if self._halt.wait(delay):
+                if self._wait(delay):
                     break
             except Exception as exc:  # a driver bug must not kill capture for good
                 self.failures += 1
@@ -116,6 +128,6 @@ class CaptureThread(threading.Thread):
                 delay = self.backoff.next_delay()
                 detail = f"unexpected {type(exc).__name__}: {exc}"
                 self._set(CaptureState("retrying", detail, self.backoff.attempt, delay))
-                if self._halt.wait(delay):
+                if self._wait(delay):
                     break
         self._set(CaptureState("stopped"))

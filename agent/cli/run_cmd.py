@@ -1,17 +1,16 @@
 """``emotion-agent run``: the daemon loop, from the configuration, until stopped."""
 
 import argparse
-import signal
-import sys
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from agent.cli.context import CliContext
+from agent.config import AgentConfig
+from agent.daemon import Daemon
 from agent.events.sinks import JsonLinesSink
 from agent.perception.video import OpenCVMissing
 from agent.preview import PreviewWriter
-from agent.runtime import build_runtime
 from engines.manifest import ManifestError, ModelIntegrityError
 
 EXIT_FAILURE = 1
@@ -44,28 +43,22 @@ def add_parser(
     parser.set_defaults(handler=_run)
 
 
-def install_stop_signals(stop: threading.Event) -> None:
-    """SIGINT and SIGTERM set ``stop``: the loop finishes its frame and shuts down cleanly."""
-
-    def handler(signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _run(args: argparse.Namespace, ctx: CliContext, stop: Optional[threading.Event] = None) -> int:
+def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    stop = stop or threading.Event()
     sink = JsonLinesSink(path=args.events) if args.events else JsonLinesSink(stream=ctx.stdout)
     preview = PreviewWriter(args.preview, config.camera.fps) if args.preview else None
-    try:
-        runtime = build_runtime(config, sink, on_frame=preview)
-    except (ManifestError, ModelIntegrityError, OpenCVMissing, ValueError) as exc:
-        print(f"emotion-agent run: {exc}", file=ctx.stderr)
-        return EXIT_FAILURE
-    if threading.current_thread() is threading.main_thread():
-        install_stop_signals(stop)
+
+    def reload_config() -> AgentConfig:  # SIGHUP: the same sources, read again
+        return ctx.load().config
+
+    daemon = Daemon(
+        config,
+        sink,
+        reload_config=reload_config,
+        environ=ctx.environ,
+        on_frame=preview,
+        max_frames=args.max_frames,
+    )
     ctx.logger.info(
         "running: camera %s, models %s / %s / %s",
         config.camera.source,
@@ -74,18 +67,21 @@ def _run(args: argparse.Namespace, ctx: CliContext, stop: Optional[threading.Eve
         config.models.emotion,
     )
     try:
-        processed = runtime.run(stop, args.max_frames)
+        code = daemon.run(install_signals=threading.current_thread() is threading.main_thread())
+    except (ManifestError, ModelIntegrityError, OpenCVMissing, ValueError) as exc:
+        print(f"emotion-agent run: {exc}", file=ctx.stderr)
+        return EXIT_FAILURE
     finally:
         if preview is not None:
             written = preview.close()
             if written:
                 ctx.logger.info("preview written to %s (%d frames)", written, preview.frames)
-    snap = runtime.snapshot()
-    ctx.logger.info(
-        "stopped after %d frames (%d dropped, %d events)",
-        processed,
-        snap.frames_dropped,
-        snap.events,
-    )
-    sys.stdout.flush()
-    return 0
+    snap = daemon.snapshot()
+    if snap is not None:
+        ctx.logger.info(
+            "stopped after %d frames (%d dropped, %d events)",
+            daemon.processed,
+            snap.frames_dropped,
+            snap.events,
+        )
+    return code

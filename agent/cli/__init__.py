@@ -14,7 +14,7 @@ import sys
 from typing import IO, Callable, List, Mapping, Optional, Sequence
 
 from agent import __version__
-from agent.cli import analyze_cmd, bench_cmd, config_cmd, doctor_cmd, run_cmd
+from agent.cli import analyze_cmd, bench_cmd, config_cmd, doctor_cmd, engines_cmd, run_cmd
 from agent.cli.context import CliContext
 from agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, ENV_PREFIX, ConfigError
 from agent.logs import setup_logging
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd.add_parser(subparsers, common)
     run_cmd.add_parser(subparsers, common)
     bench_cmd.add_parser(subparsers, common)
+    engines_cmd.add_parser(subparsers, common)
     return parser
 
 

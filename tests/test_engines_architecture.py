@@ -1,0 +1,61 @@
+"""The engines package stays independent: no agent imports, lazy runtimes, no test doubles."""
+
+import ast
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+ENGINE_MODULES = [
+    "engines.backend",
+    "engines.cache",
+    "engines.locking",
+    "engines.onnxruntime_backend",
+    "engines.prepare",
+    "engines.progress",
+    "engines.tensorrt_backend",
+    "engines.toolchain",
+]
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_engines_never_imports_agent_or_tests():
+    for path in sorted((REPO / "engines").glob("*.py")):
+        for module in imported_modules(path):
+            assert not module.startswith(("agent", "tests")), f"{path.name} imports {module}"
+
+
+def test_tensorrt_pycuda_and_onnxruntime_are_imported_lazily():
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in ENGINE_MODULES)
+        + "print(sorted(m for m in ('tensorrt', 'pycuda', 'pycuda.driver', 'onnxruntime')"
+        " if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_only_the_tensorrt_module_imports_tensorrt_and_pycuda():
+    for path in sorted((REPO / "engines").glob("*.py")):
+        modules = set(imported_modules(path))
+        if path.name != "tensorrt_backend.py":
+            assert not modules & {"tensorrt", "pycuda.driver", "pycuda"}, path.name
+
+
+def test_no_test_doubles_in_the_package():
+    for folder in ("engines", "agent"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text()
+            assert "tests.fakes" not in text and "FakeGpu" not in text, path

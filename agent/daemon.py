@@ -23,9 +23,15 @@ from agent.events.sinks import EventSink
 from agent.pipeline.metrics import MetricsSnapshot
 from agent.runtime import Runtime, build_runtime
 from agent.service.lifecycle import Reloader, ServiceLifecycle
-from agent.service.notify import ServiceNotifier, make_notifier, watchdog_interval
+from agent.service.notify import (
+    ServiceNotifier,
+    StartupProgress,
+    make_notifier,
+    watchdog_interval,
+)
 from agent.service.watchdog import Watchdog
 from agent.telemetry.pipeline import PipelineSnapshot, StageSnapshot, status_line
+from engines.progress import BuildReporter
 
 log = logging.getLogger("emotion_agent.daemon")
 
@@ -58,6 +64,7 @@ class Daemon:
         on_frame=None,
         max_frames: Optional[int] = None,
         build: Callable[..., Runtime] = build_runtime,
+        reporter: Optional[BuildReporter] = None,
         capture_deadline_s: float = CAPTURE_DEADLINE_S,
         loop_deadline_s: float = LOOP_DEADLINE_S,
     ) -> None:
@@ -68,6 +75,8 @@ class Daemon:
         self._max_frames = max_frames
         self.notifier = ServiceNotifier(make_notifier(environ))
         self.watchdog = Watchdog(self.notifier, watchdog_interval(environ))
+        self._startup = StartupProgress(self.notifier)  # EXTEND_TIMEOUT_USEC while building
+        self._reporter = reporter
         self._beats = {
             "capture": self.watchdog.register("capture", capture_deadline_s),
             "loop": self.watchdog.register("loop", loop_deadline_s),
@@ -98,7 +107,12 @@ class Daemon:
 
     def _start(self, config: AgentConfig) -> None:
         self.runtime = self._build(
-            config, self.sink, on_frame=self._on_frame, heartbeat=self._heartbeat
+            config,
+            self.sink,
+            on_frame=self._on_frame,
+            heartbeat=self._heartbeat,
+            reporter=self._reporter,
+            on_building=self._startup.on_building,
         )
         self._stop = threading.Event()
         runtime, stop = self.runtime, self._stop
@@ -127,8 +141,10 @@ class Daemon:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=20.0)
-        if self.runtime is not None and self.runtime.secondary is not None:
-            self.runtime.secondary.stop()
+        if self.runtime is not None:
+            if self.runtime.secondary is not None:
+                self.runtime.secondary.stop()
+            self.runtime.close()
 
     def _flush(self) -> None:
         flush = getattr(self.sink, "flush", None)

@@ -18,16 +18,18 @@ from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
+from agent.inference import prepare_runners, runner_factory
 from agent.perception.factory import build_perception, manifest_for
 from agent.perception.pipeline import Runner
 from agent.perception.preprocess import prepare_image
-from agent.perception.runners import onnxruntime_runner, timed
+from agent.perception.runners import timed
 from agent.pipeline.loop import Loop, LoopSettings
 from agent.pipeline.metrics import MetricsSnapshot, PipelineMetrics
 from agent.pipeline.secondary import SecondaryModel, SecondaryWorker
 from agent.platform import detect_platform
 from agent.tracking import EmotionSmoother, IoUTracker
 from engines.manifest import ImageInput, ResolvedModel
+from engines.progress import BuildReporter, OnBuilding
 
 log = logging.getLogger("emotion_agent.runtime")
 
@@ -44,6 +46,13 @@ class Runtime:
     secondary: Optional[SecondaryWorker] = None
     backend: str = "onnxruntime"
     states: List[CaptureState] = field(default_factory=list)
+    closers: List[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release the inference backends (the CUDA context goes with the last one)."""
+        for close in self.closers:
+            close()
+        self.closers = []
 
     def snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot(
@@ -65,6 +74,7 @@ class Runtime:
             if self.secondary is not None:
                 self.secondary.stop()
             self.loop.sink.close()
+            self.close()
 
 
 def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
@@ -94,20 +104,38 @@ def build_runtime(
     on_frame=None,
     on_state: Optional[Callable[[CaptureState], None]] = None,
     heartbeat: Callable[[str], None] = lambda stage: None,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
 ) -> Runtime:
+    """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
     metrics = PipelineMetrics()
-    base = make_runner or onnxruntime_runner(config.models.onnxruntime_threads)
+    manifest = manifest_for(config)
     roles = {
         config.models.detector: "detector",
         config.models.landmarks: "landmarks",
         config.models.emotion: "emotion",
     }
 
-    def make(model: ResolvedModel) -> Runner:
-        role = roles.get(model.name, model.name)
-        return timed(base(model), lambda at, ms, r=role: metrics.model(r, at, ms))
+    def record(name: str) -> Callable[[float, float], None]:
+        role = roles.get(name, name)
+        return lambda at, ms: metrics.model(role, at, ms)
 
-    manifest = manifest_for(config)
+    backend_names = "onnxruntime"
+    closers: List[Callable[[], None]] = []
+    if make_runner is None:
+        runners = prepare_runners(
+            config, manifest, record=record, reporter=reporter, on_building=on_building
+        )
+        closers = [r.backend.close for r in runners.values()]
+        backend_names = "+".join(sorted({r.backend.info.kind for r in runners.values()}))
+        base: RunnerFactory = runner_factory(runners)
+        make: RunnerFactory = base
+    else:
+        base = make_runner
+
+        def make(model: ResolvedModel) -> Runner:
+            return timed(base(model), record(model.name))
+
     perception = build_perception(config, make, manifest)
     labels = manifest.resolve(config.models.emotion).entry.labels or []
 
@@ -166,4 +194,4 @@ def build_runtime(
         on_frame=on_frame,
         heartbeat=lambda: heartbeat("loop"),
     )
-    return Runtime(config, loop, ring, capture, metrics, secondary, "onnxruntime", states)
+    return Runtime(config, loop, ring, capture, metrics, secondary, backend_names, states, closers)

@@ -29,7 +29,8 @@ def manifest(tmp_path_factory):
 def write_config(path, manifest, **extra):
     lines = [
         "camera: {source: 'synthetic://', width: 320, height: 240, fps: 30}",
-        f"models: {{manifest: '{manifest}', emotion: tao_emotionnet}}",
+        f"models: {{manifest: '{manifest}', emotion: tao_emotionnet, "
+        f"engine_cache_dir: '{manifest.parent / 'engines'}'}}",
     ]
     lines += [f"{k}: {v}" for k, v in extra.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -241,6 +241,7 @@ def common(manifest):
         "--set", "camera.width=640",
         "--set", "camera.height=480",
         "--set", "camera.fps=60",
+        "--set", f"models.engine_cache_dir={manifest.parent / 'engines'}",
     ]  # fmt: skip
 
 

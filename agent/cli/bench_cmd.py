@@ -11,7 +11,9 @@ from typing import Any, Callable, Dict, Optional
 from agent.cli.context import CliContext
 from agent.perception.video import OpenCVMissing
 from agent.runtime import build_runtime
+from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
+from engines.progress import default_reporter
 
 EXIT_FAILURE = 1
 
@@ -76,13 +78,16 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.backend:
         ctx.overrides.append(f"models.backend={args.backend}")
     config = ctx.load().config
-    if config.models.backend == "tensorrt":
-        print("emotion-agent bench: the tensorrt backend is not available here", file=ctx.stderr)
-        return EXIT_FAILURE
     sink = CountingSink()
     try:
-        runtime = build_runtime(config, sink, lossless=True, pace=False)
-    except (ManifestError, ModelIntegrityError, OpenCVMissing, ValueError) as exc:
+        runtime = build_runtime(
+            config,
+            sink,
+            lossless=True,
+            pace=False,
+            reporter=default_reporter(ctx.stderr, ctx.logger),
+        )
+    except (ManifestError, ModelIntegrityError, OpenCVMissing, EngineError, ValueError) as exc:
         print(f"emotion-agent bench: {exc}", file=ctx.stderr)
         return EXIT_FAILURE
 

@@ -7,16 +7,16 @@ models from ``models.manifest`` (or the bundled manifest).
 
 import argparse
 import json
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Optional, Set
 
 from agent.cli.context import CliContext
 from agent.config import AgentConfig
+from agent.inference import engine_settings, selected_models
 from engines.cache import EngineCache, EntryStatus
 from engines.manifest import LoadedManifest, ManifestError, ModelIntegrityError, load_manifest
 from engines.prepare import (
     EngineEnvironment,
     EnginePreparationError,
-    EngineSettings,
     Toolchains,
     model_spec,
     prepare_engines,
@@ -97,25 +97,6 @@ def add_parser(
     clean.add_argument("--stale", action="store_true", help="only entries that are not current")
     common(clean)
     clean.set_defaults(handler=_clean)
-
-
-def engine_settings(config: AgentConfig) -> EngineSettings:
-    models = config.models
-    return EngineSettings(
-        cache_dir=models.engine_cache_dir,
-        backend=models.backend,
-        max_batch=models.max_batch,
-        onnxruntime_threads=models.onnxruntime_threads,
-        tensorrt_workspace_mb=models.tensorrt_workspace_mb,
-    )
-
-
-def selected_models(config: AgentConfig) -> List[str]:
-    """The models the daemon runs with this configuration."""
-    names = [config.models.detector, config.models.landmarks, config.models.emotion]
-    if config.pipeline.secondary.enabled:
-        names.append(config.pipeline.secondary.model)
-    return list(dict.fromkeys(names))
 
 
 def _manifest(config: AgentConfig, ctx: CliContext) -> Optional[LoadedManifest]:

@@ -11,7 +11,9 @@ from agent.daemon import Daemon
 from agent.events.sinks import JsonLinesSink
 from agent.perception.video import OpenCVMissing
 from agent.preview import PreviewWriter
+from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
+from engines.progress import default_reporter
 
 EXIT_FAILURE = 1
 
@@ -58,6 +60,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         environ=ctx.environ,
         on_frame=preview,
         max_frames=args.max_frames,
+        reporter=default_reporter(ctx.stderr, ctx.logger),
     )
     ctx.logger.info(
         "running: camera %s, models %s / %s / %s",
@@ -68,7 +71,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     )
     try:
         code = daemon.run(install_signals=threading.current_thread() is threading.main_thread())
-    except (ManifestError, ModelIntegrityError, OpenCVMissing, ValueError) as exc:
+    except (ManifestError, ModelIntegrityError, OpenCVMissing, EngineError, ValueError) as exc:
         print(f"emotion-agent run: {exc}", file=ctx.stderr)
         return EXIT_FAILURE
     finally:

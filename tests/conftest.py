@@ -2,6 +2,7 @@
 or as a real subprocess (``python -m agent``), exactly as a user would."""
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import pytest
 
 from agent.cli import main
+from agent.logs import LOGGER_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +45,19 @@ def run_subprocess(
         timeout=60,
         **kwargs,
     )
+
+
+@pytest.fixture(autouse=True)
+def _restore_agent_logger():
+    """In-process CLI runs call ``setup_logging``, which gives the agent's logger its
+    own handler and ``propagate = False`` (as the real process wants). Put the logger
+    back after each test so that later tests' ``caplog`` (a root handler) sees it."""
+    logger = logging.getLogger(LOGGER_NAME)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture

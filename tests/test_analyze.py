@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from agent.config import AgentConfig
 from tests.conftest import REPO, run_cli
 from tests.onnx_models import TEST_LABELS as LABELS
 from tests.onnx_models import manifest_with_test_emotion
@@ -45,7 +46,8 @@ def test_json_output_shape(manifest):
     )
     assert res.code == 0, res.err
     lines = [json.loads(line) for line in res.out.splitlines()]
-    assert [len(obj["faces"]) for obj in lines] == [1, 5]
+    # the default detector finds the 3 people of sample2 (face-api's tiny detector: 1)
+    assert [len(obj["faces"]) for obj in lines] == [3, 5]
     obj = lines[1]
     assert obj["path"].endswith("faceapi-sample5.jpg") and obj["width"] == 960
     for face in obj["faces"]:
@@ -74,7 +76,7 @@ def test_bad_inputs_get_error_lines_and_do_not_stop_the_rest(manifest, tmp_path)
         None,
         "not an image or a video that OpenCV can read",
     ]
-    assert len(objs[2]["faces"]) == 1
+    assert len(objs[2]["faces"]) == 3
     assert f"{tmp_path / 'missing.jpg'}: file not found" in res.err
     assert "3 of 4 inputs failed" in res.err
 
@@ -113,7 +115,7 @@ def test_video_every_nth_frame(manifest, tmp_path):
 
 def test_model_that_does_not_match_its_sha256_is_refused(manifest, tmp_path):
     data = yaml.safe_load(manifest.read_text())
-    data["models"]["tiny_face_detector"]["sha256"] = "f" * 64
+    data["models"][AgentConfig().models.detector]["sha256"] = "f" * 64  # the default one
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
     res = analyze(bad, str(SAMPLES / "faceapi-sample2.jpg"))

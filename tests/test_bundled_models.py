@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MODELS_DIR = os.path.join(REPO_ROOT, "engines", "models")
@@ -36,7 +36,20 @@ CONTRACT = {
     "tiny_face_detector.onnx": ("image", (416, 416, 3), "grid", (13, 13, 25)),
     "face_landmark_68.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
     "face_landmark_68_tiny.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
+    # ours (tools/emotionnet): normalised landmarks -> softmax over 3 classes
+    "emotionnet.onnx": ("landmarks", (136,), "probs", (3,)),
+    # MediaPipe BlazeFace (tools/blazeface/port.py): raw regressors [N, anchors * 16] ...
+    "blazeface_back.onnx": ("image", (256, 256, 3), "regressors", (896 * 16,)),
+    "blazeface_full.onnx": ("image", (192, 192, 3), "regressors", (2304 * 16,)),
 }
+# ... and the graphs' further outputs, in order: name -> [(output name, shape without batch)]
+EXTRA_OUTPUTS = {
+    "blazeface_back.onnx": [("classificators", (896,))],
+    "blazeface_full.onnx": [("classificators", (2304,))],
+}
+# value range of the random test inputs: raw pixels for the image nets; landmarks
+# normalised by engines.landmarks (centroid 0, RMS radius 1) lie within about +-2.5
+INPUT_RANGE = {"emotionnet.onnx": (-2.0, 2.0)}
 MODEL_FILES = sorted(glob.glob(os.path.join(MODELS_DIR, "*.onnx")))
 
 # Operators the graphs may use: each is "Y" (supported, FP32) in the ONNX-TensorRT operator
@@ -70,7 +83,13 @@ TRT82_ALLOWED_OPS = frozenset(
         "Pad",
         "Relu",
         "Reshape",
+        # BlazeFace full-range's FPN upsampling (x2, bilinear, half-pixel centres): "Y" in
+        # the 8.2 matrix (and in 8.0, whose ONNX parser "rehauled Resize ... fully supporting
+        # coordinate transformation modes half_pixel, ... modes nearest, linear", TensorRT
+        # OSS 8.0.1 release notes); restricted further in trt82_violations()
+        "Resize",
         "Sigmoid",
+        "Softmax",  # emotionnet.onnx's output, on [N, K] with axis=1 (8.4-GA copy: "Y")
         "Sub",
         "Transpose",
     }
@@ -140,6 +159,29 @@ def trt82_violations(model: onnx.ModelProto) -> list:
             problems.append(f"{where}: only constant padding")
         if node.op_type == "Cast" and attrs.get("to") != TensorProto.FLOAT:
             problems.append(f"{where}: Cast to a non-float type")
+        if node.op_type == "Resize":
+            problems += _resize_violations(node, attrs, initializers, where)
+    return problems
+
+
+RESIZE_MODES = (b"linear", b"nearest")
+RESIZE_COORDINATES = (b"half_pixel", b"pytorch_half_pixel", b"asymmetric", b"align_corners")
+
+
+def _resize_violations(node, attrs, initializers, where) -> list:
+    """Resize as the project allows it: constant scales (no sizes), a mode and coordinate
+    transformation the TensorRT 8.2 parser lists, no cubic, no tf_crop_and_resize."""
+    problems = []
+    mode = attrs.get("mode", b"nearest")
+    mode = mode.encode() if isinstance(mode, str) else mode
+    coords = attrs.get("coordinate_transformation_mode", b"half_pixel")
+    coords = coords.encode() if isinstance(coords, str) else coords
+    if mode not in RESIZE_MODES:
+        problems.append(f"{where}: Resize mode {mode!r}")
+    if coords not in RESIZE_COORDINATES:
+        problems.append(f"{where}: Resize coordinate_transformation_mode {coords!r}")
+    if len(node.input) != 3 or node.input[2] not in initializers:
+        problems.append(f"{where}: Resize needs constant scales (and no sizes input)")
     return problems
 
 
@@ -167,11 +209,14 @@ def test_graph_meets_tensorrt_82_constraints(path):
     onnx.checker.check_model(model)
     assert trt82_violations(model) == []
     in_name, in_shape, out_name, out_shape = CONTRACT[os.path.basename(path)]
-    (inp,), (out,) = model.graph.input, model.graph.output
-    assert inp.name == in_name and out.name == out_name
+    outputs = [(out_name, out_shape), *EXTRA_OUTPUTS.get(os.path.basename(path), [])]
+    (inp,) = model.graph.input
+    assert inp.name == in_name
+    assert [o.name for o in model.graph.output] == [name for name, _ in outputs]
     dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
     assert dims(inp) == ["N", *in_shape]
-    assert dims(out) == ["N", *out_shape]
+    for out, (_, shape) in zip(model.graph.output, outputs):
+        assert dims(out) == ["N", *shape]
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
@@ -179,7 +224,8 @@ def test_runs_on_batch_1_and_4(path, sessions):
     sess = sessions[os.path.basename(path)]
     in_name, in_shape, out_name, out_shape = CONTRACT[os.path.basename(path)]
     rng = np.random.default_rng(0)
-    x4 = rng.uniform(0, 255, size=(4, *in_shape)).astype(np.float32)
+    low, high = INPUT_RANGE.get(os.path.basename(path), (0.0, 255.0))
+    x4 = rng.uniform(low, high, size=(4, *in_shape)).astype(np.float32)
     (y4,) = sess.run([out_name], {in_name: x4})
     (y1,) = sess.run([out_name], {in_name: x4[:1]})
     assert y4.shape == (4, *out_shape) and y4.dtype == np.float32
@@ -235,6 +281,34 @@ def test_allow_list_check_rejects_unsupported_graphs():
     found = trt82_violations(new)
     assert any("opset 17" in p for p in found)
     assert any("dynamic batch" in p for p in found)
+
+
+def test_allow_list_check_restricts_resize():
+    f32 = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    roi = numpy_helper.from_array(np.zeros((0,), np.float32), "roi")
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+
+    def resize(**attrs):
+        return _tiny_graph(
+            "Resize",
+            [f32("x", ["N", 3, 4, 4])],
+            [f32("y", ["N", 3, 8, 8])],
+            ["x", "roi", "scales"],
+            attrs=attrs,
+            inits=[roi, scales],
+        )
+
+    # BlazeFace full-range's upsampling passes ...
+    assert (
+        trt82_violations(resize(mode="linear", coordinate_transformation_mode="half_pixel")) == []
+    )
+    # ... cubic and tf_crop_and_resize do not
+    found = trt82_violations(resize(mode="cubic", coordinate_transformation_mode="half_pixel"))
+    assert any("Resize mode" in p for p in found)
+    found = trt82_violations(
+        resize(mode="linear", coordinate_transformation_mode="tf_crop_and_resize")
+    )
+    assert any("coordinate_transformation_mode" in p for p in found)
 
 
 @pytest.mark.parametrize("fill", ["gray", "black", "noise"])

@@ -118,10 +118,12 @@ def test_backend_with_the_real_onnxruntime():
 
 
 def write_manifest(directory: Path, emotion_bytes: bytes = b"emotion model") -> Path:
-    """The bundled detector and landmarks plus a stand-in emotion model file."""
+    """The bundled detectors and landmarks plus a stand-in emotion model file."""
     bundled = load_manifest()
     models = {}
-    for name in ("tiny_face_detector", "face_landmark_68"):
+    # tiny_face_detector, and the default detector (models.detector) that configs without
+    # a detector setting use
+    for name in dict.fromkeys(("tiny_face_detector", ModelsConfig().detector, "face_landmark_68")):
         entry = bundled.manifest.models[name].model_dump(mode="json")
         entry["file"] = str(BUNDLED_DIR / entry["file"])
         models[name] = entry
@@ -146,6 +148,7 @@ def write_manifest(directory: Path, emotion_bytes: bytes = b"emotion model") -> 
 def test_models_verified_by_sha256(tmp_path):
     models = ModelsConfig(
         manifest=write_manifest(tmp_path),
+        detector="tiny_face_detector",
         emotion="test_emotion",
         engine_cache_dir=tmp_path / "cache",
     )

@@ -159,3 +159,37 @@ def test_logit_models_get_a_softmax(tmp_path, frames):
         frames["faceapi-sample2.jpg"]
     )
     assert abs(sum(faces[0].emotion.scores.values()) - 1.0) < 1e-6
+
+
+class _SmallBatch:
+    """A runner that, like an engine built for ``models.max_batch: 2``, refuses more."""
+
+    def __init__(self, inner, max_batch):
+        self.inner, self.max_batch, self.batches = inner, max_batch, []
+
+    def __call__(self, batch):
+        assert len(batch) <= self.max_batch, f"batch {len(batch)} > {self.max_batch}"
+        self.batches.append(len(batch))
+        return self.inner(batch)
+
+
+def test_more_faces_than_the_engine_batch_run_in_chunks(tmp_path, frames):
+    path = emotion_classifier(tmp_path / "e.onnx", "x", ["N", 136], "probs", 3)
+    entry = _emotion_entry(path, "x", ["N", 136], "probs", ["a", "b", "c"])
+    entry = entry.model_copy(update={"max_batch": 8})
+    whole = perception(emotion=runner(path), emotion_entry=entry).process(
+        frames["faceapi-sample5.jpg"]
+    )
+    det = MANIFEST.verified("tiny_face_detector")
+    lm = MANIFEST.verified("face_landmark_68")
+    lm_runner, emo_runner = _SmallBatch(runner(lm.path), 2), _SmallBatch(runner(path), 2)
+    chunked = Perception(
+        runner(det.path), det.entry, lm_runner, lm.entry, emo_runner, entry, PerceptionSettings()
+    ).process(frames["faceapi-sample5.jpg"])
+    assert len(chunked) == len(whole) == 5
+    assert lm_runner.batches == emo_runner.batches == [2, 2, 1]
+    for a, b in zip(whole, chunked):
+        assert a.emotion.label == b.emotion.label
+        np.testing.assert_allclose(
+            list(a.emotion.scores.values()), list(b.emotion.scores.values()), atol=1e-5
+        )

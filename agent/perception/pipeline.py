@@ -1,9 +1,11 @@
 """detect -> crop -> landmarks -> emotion for one frame, batched across its faces.
 
 Each stage reads its model's manifest entry: the bundled face-api.js nets
-(tiny_yolo_v2 grid, 68 landmarks relative to the crop) and NVIDIA's TAO models
-as a user exports them (FaceNet/DetectNet_v2 grids, FPENet keypoints, EmotionNet
-with [N, 136, 1] input) go through the same code.
+(tiny_yolo_v2 grid, 68 landmarks relative to the crop), MediaPipe's BlazeFace
+(SSD anchors) and NVIDIA's TAO models as a user exports them (FaceNet/DetectNet_v2
+grids, FPENet keypoints, EmotionNet with [N, 136, 1] input) go through the same code.
+A detector entry's ``crop`` adjustment maps its box style to the crops the landmark
+net expects before cropping.
 """
 
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agent.perception.blazeface import decode_blazeface, ssd_anchors
 from agent.perception.faces import EmotionResult, Face
 from agent.perception.preprocess import Placement, input_shape, prepare_image
 from engines.faceapi import (
@@ -21,6 +24,7 @@ from engines.faceapi import (
 )
 from engines.landmarks import normalize
 from engines.manifest import (
+    BlazeFaceDecoding,
     ClassifierDecoding,
     DetectNetV2Decoding,
     ImageInput,
@@ -80,6 +84,16 @@ class Perception:
             or self._det_pre.width != self._det_pre.height
         ):
             raise PerceptionError("a tiny_yolo_v2 detector takes a bottom/right-padded square")
+        self._anchors: Optional[np.ndarray] = None
+        post = detector_entry.postprocessing
+        if isinstance(post, BlazeFaceDecoding):
+            self._anchors = ssd_anchors(
+                (self._det_pre.width, self._det_pre.height),
+                post.strides,
+                post.anchors_per_layer,
+                post.anchor_offset,
+            )
+        self._crop = detector_entry.crop
         self._landmarks = landmarks
         self._lm_entry = landmarks_entry
         self._lm_pre = _image_pre(landmarks_entry, "landmark net")
@@ -95,7 +109,11 @@ class Perception:
     # -- detection -------------------------------------------------------------
 
     def detect(self, frame: np.ndarray) -> List[Box]:
-        """Face boxes in frame pixels, best first, filtered by score, size and count."""
+        """Face boxes in frame pixels, best first, filtered by score, size and count.
+
+        The size filter (``min_face_px``) applies to the box after the detector's crop
+        adjustment (the landmark crop), so that it means the same for every detector.
+        """
         h, w = frame.shape[:2]
         _, placement = prepare_image(frame, self._det_pre, out=self._det_buf[0])
         outputs = _outputs(self._det_entry, self._detector(self._det_buf))
@@ -115,11 +133,18 @@ class Perception:
             boxes = [(x1 * w, y1 * h, x2 * w, y2 * h, sc) for x1, y1, x2, y2, sc in decoded]
         elif isinstance(post, DetectNetV2Decoding):
             boxes = self._decode_detectnet(outputs, post, placement, w, h)
+        elif isinstance(post, BlazeFaceDecoding):
+            boxes = self._decode_blazeface(outputs, post, placement, w, h)
         else:  # pragma: no cover - the manifest validator allows no other kind
             raise PerceptionError(f"unsupported detector decoding {post.kind}")
         found: List[Box] = []
         for x1, y1, x2, y2, score in boxes:
-            if min(x2 - x1, y2 - y1) < s.min_face_px:
+            # the size that matters is the landmark crop's: compare in the crop box style,
+            # so that min_face_px means the same for every detector
+            cx1, cy1, cx2, cy2 = (
+                (x1, y1, x2, y2) if self._crop is None else self._crop.apply(x1, y1, x2, y2)
+            )
+            if min(cx2 - cx1, cy2 - cy1) < s.min_face_px:
                 continue
             found.append((x1, y1, x2, y2, float(score)))
             if len(found) >= s.max_faces:
@@ -155,7 +180,45 @@ class Perception:
         keep = non_max_suppression(pixels.tolist(), scores.tolist(), self.settings.nms_iou)
         return [(*map(float, pixels[i]), float(scores[i])) for i in keep]  # type: ignore[misc]
 
+    def _decode_blazeface(
+        self,
+        outputs: Dict[str, np.ndarray],
+        post: BlazeFaceDecoding,
+        placement: Placement,
+        frame_w: int,
+        frame_h: int,
+    ) -> List[Box]:
+        assert self._anchors is not None
+        size = (self._det_pre.width, self._det_pre.height)
+        decoded = decode_blazeface(
+            outputs[post.regressors_output][0],
+            outputs[post.classificators_output][0],
+            self._anchors,
+            size,
+            score_threshold=self.settings.detection_threshold,
+            iou_threshold=self.settings.nms_iou,
+            score_clip=post.score_clip,
+        )
+        boxes: List[Box] = []
+        for values, score in decoded:
+            corners = placement.to_source((values[:4] * np.tile(size, 2)).reshape(2, 2))
+            x1, y1, x2, y2 = corners.reshape(4)
+            x1, x2 = float(np.clip(x1, 0, frame_w)), float(np.clip(x2, 0, frame_w))
+            y1, y2 = float(np.clip(y1, 0, frame_h)), float(np.clip(y2, 0, frame_h))
+            boxes.append((x1, y1, x2, y2, score))
+        return boxes
+
     # -- landmarks ---------------------------------------------------------------
+
+    def crop_box(
+        self, box: Sequence[float], frame_w: int, frame_h: int
+    ) -> Tuple[int, int, int, int]:
+        """The landmark crop (x, y, w, h) of a detector box: the manifest's ``crop``
+        adjustment (if any), then face-api's clip and floor (face_crop_box)."""
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        if self._crop is not None:
+            x1, y1, x2, y2 = self._crop.apply(x1, y1, x2, y2)
+        return face_crop_box((x1, y1, x2 - x1, y2 - y1), frame_w, frame_h)
 
     def landmarks(
         self, frame: np.ndarray, boxes: Sequence[Box]
@@ -163,14 +226,14 @@ class Perception:
         """68 landmarks per box: ([n, 68, 2] frame pixels, [n, 4] crop boxes, kept indices)."""
         h, w = frame.shape[:2]
         crops, kept = [], []
-        for i, (x1, y1, x2, y2, _score) in enumerate(boxes):
-            cx, cy, cw, ch = face_crop_box((x1, y1, x2 - x1, y2 - y1), w, h)
+        for i, box in enumerate(boxes):
+            cx, cy, cw, ch = self.crop_box(box, w, h)
             if cw >= 2 and ch >= 2:
                 crops.append((cx, cy, cw, ch))
                 kept.append(i)
         points = np.zeros((len(crops), 68, 2), dtype=np.float64)
         post = self._lm_entry.postprocessing
-        step = self._lm_entry.max_batch
+        step = _batch_limit(self._landmarks, self._lm_entry)
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
             batch = np.empty((len(chunk), *input_shape(self._lm_pre)), dtype=np.float32)
@@ -203,8 +266,17 @@ class Perception:
         features = normalize(points, pre.normalization, boxes=crop_boxes, order=pre.order)
         if len(entry.inputs[0].shape) == 3:  # NVIDIA TAO exports take [N, 136, 1]
             features = features[:, :, None]
-        outputs = self._emotion(features)
-        probs = np.asarray(outputs[0], dtype=np.float64).reshape(len(points), -1)
+        # a frame can hold more faces than the engine's batch (tracks kept between
+        # detections plus new ones): run it in chunks
+        step = _batch_limit(self._emotion, entry)
+        probs = np.concatenate(
+            [
+                np.asarray(self._emotion(features[i : i + step])[0], dtype=np.float64).reshape(
+                    len(features[i : i + step]), -1
+                )
+                for i in range(0, len(features), step)
+            ]
+        )
         post = entry.postprocessing
         if isinstance(post, ClassifierDecoding) and post.activation == "softmax":
             probs = np.exp(probs - probs.max(axis=1, keepdims=True))
@@ -229,3 +301,10 @@ class Perception:
             emotion = emotions[k] if emotions else None
             faces.append(Face((x1, y1, x2, y2), float(score), points[k], emotion))
         return faces
+
+
+def _batch_limit(runner: Runner, entry: ModelEntry) -> int:
+    """The largest batch ``runner`` takes: the manifest's, or less where the runner (an
+    engine built for a smaller ``models.max_batch``) says so."""
+    limit = getattr(runner, "max_batch", None)
+    return max(1, min(entry.max_batch, limit) if isinstance(limit, int) else entry.max_batch)

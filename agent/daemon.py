@@ -7,16 +7,23 @@
   progress (a hung camera driver or inference call stops the pings, and systemd
   restarts the agent); a camera that is away and being retried is progress.
 - SIGTERM: STOPPING=1, then in order: stop capture, drain the pipeline (every
-  open track gets its "end" event), flush the event sink, close.
+  open track gets its "end" event), stop telemetry, flush the events (commit
+  the outbox; wait up to ``mqtt.outbox.flush_timeout_s`` for the broker to
+  acknowledge it), publish the retained "stopped" status, disconnect, close.
 - SIGHUP: the configuration is re-read and validated first; a valid one
   restarts the pipeline with it, an invalid one is logged and the running
   pipeline keeps going.
+- With MQTT (``mqtt``: an :class:`agent.mqtt.service.MqttService`): telemetry
+  every ``telemetry.interval_s`` through the outbox, and remote commands, which
+  reach the pipeline through :meth:`Daemon.apply_config` and
+  :meth:`Daemon.restart_pipeline` (serialised with SIGHUP and shutdown).
 """
 
+import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
@@ -30,8 +37,18 @@ from agent.service.notify import (
     watchdog_interval,
 )
 from agent.service.watchdog import Watchdog
+from agent.telemetry.collector import (
+    DeviceSource,
+    TelemetryCollector,
+    TelemetryReporter,
+    config_hash,
+    default_sources,
+)
 from agent.telemetry.pipeline import PipelineSnapshot, StageSnapshot, status_line
 from engines.progress import BuildReporter
+
+if TYPE_CHECKING:
+    from agent.mqtt.service import MqttService
 
 log = logging.getLogger("emotion_agent.daemon")
 
@@ -54,6 +71,11 @@ def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapsho
     )
 
 
+def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
+    """The settings the running pipeline was built from (a change needs a restart)."""
+    return config.model_dump(include={"camera", "models", "pipeline"})
+
+
 class Daemon:
     def __init__(
         self,
@@ -67,9 +89,18 @@ class Daemon:
         reporter: Optional[BuildReporter] = None,
         capture_deadline_s: float = CAPTURE_DEADLINE_S,
         loop_deadline_s: float = LOOP_DEADLINE_S,
+        mqtt: "Optional[MqttService]" = None,
+        telemetry_sources: Callable[[AgentConfig], List[DeviceSource]] = default_sources,
     ) -> None:
         self.config = config
         self.sink = sink
+        self.mqtt = mqtt
+        self._telemetry_sources = telemetry_sources
+        self._telemetry: Optional[TelemetryReporter] = None
+        self._telemetry_stop = threading.Event()
+        self._telemetry_thread: Optional[threading.Thread] = None
+        self._control = threading.RLock()  # commands, SIGHUP and shutdown, one at a time
+        self._stopping = False
         self._build = build
         self._on_frame = on_frame
         self._max_frames = max_frames
@@ -85,18 +116,23 @@ class Daemon:
         self.lifecycle = ServiceLifecycle(
             self.notifier,
             [
-                ("stop capture", self._stop_capture),
+                ("stop capture", self._shutdown_capture),
                 ("drain pipeline", self._drain),
+                ("stop telemetry", self._stop_telemetry),
                 ("flush events", self._flush),
+                ("publish stopped", self._publish_stopped),
+                ("disconnect", self._disconnect),
                 ("close", self._close),
             ],
-            reloader=Reloader(reload_config, self._apply) if reload_config else None,
+            reloader=Reloader(reload_config, self.apply_config) if reload_config else None,
             status=self.status,
         )
         self.runtime: Optional[Runtime] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.processed = 0
+        if mqtt is not None:
+            mqtt.attach(self)
 
     # -- pipeline ----------------------------------------------------------------
 
@@ -146,21 +182,140 @@ class Daemon:
                 self.runtime.secondary.stop()
             self.runtime.close()
 
+    def _shutdown_capture(self) -> None:
+        with self._control:  # waits for a command's pipeline restart to finish
+            self._stopping = True
+            self._stop_capture()
+
     def _flush(self) -> None:
         flush = getattr(self.sink, "flush", None)
         if flush is not None:
             flush()
 
+    def _publish_stopped(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_stopped()
+
+    def _disconnect(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.disconnect()
+
     def _close(self) -> None:
         self.watchdog.stop()
         self.sink.close()
+        if self.mqtt is not None:
+            self.mqtt.close()
 
-    def _apply(self, config: AgentConfig) -> None:
-        """SIGHUP with a valid configuration: restart the pipeline with it."""
+    def _apply(
+        self, config: AgentConfig, prepare: Optional[Callable[[AgentConfig], Any]] = None
+    ) -> Any:
+        """Restart the pipeline with ``config`` (after ``prepare(config)``, while it is
+        stopped: an engine rebuild must not compete with a running pipeline for memory).
+        If that fails, the pipeline comes back with the previous configuration and the
+        error is raised."""
+        old = self.config
+        self._stop.set()  # first: the loop must not take the end of capture for the end
         self._stop_capture()
         self._drain()
-        self.config = config
-        self._start(config)
+        try:
+            result = prepare(config) if prepare is not None else None
+            self.config = config
+            self._start(config)
+            return result
+        except Exception:
+            log.exception("restarting the pipeline failed; restarting it as it was")
+            self.config = old
+            self._start(old)
+            raise
+
+    # -- control (SIGHUP, remote commands) -------------------------------------------
+
+    def current_config(self) -> AgentConfig:
+        return self.config
+
+    def apply_config(self, config: AgentConfig) -> str:
+        """Switch to a validated configuration: live when the pipeline's own settings
+        (camera, models, pipeline) are unchanged, else by restarting the pipeline.
+        Returns "live" or "restart"."""
+        with self._control:
+            if self._stopping:
+                raise RuntimeError("the agent is stopping")
+            old = self.config
+            for section in ("device", "mqtt", "state_dir"):
+                if getattr(old, section) != getattr(config, section):
+                    log.warning("%s changes take effect at the next start", section)
+            if _pipeline_part(old) == _pipeline_part(config):
+                self.config = config
+                self._apply_live(old, config)
+                return "live"
+            self._apply(config)
+            self._apply_live(old, config)
+            return "restart"
+
+    def restart_pipeline(self, prepare: Optional[Callable[[AgentConfig], Any]] = None) -> Any:
+        """Stop the pipeline, run ``prepare(config)`` if given (an engine rebuild), start it."""
+        with self._control:
+            if self._stopping:
+                raise RuntimeError("the agent is stopping")
+            return self._apply(self.config, prepare)
+
+    def _apply_live(self, old: AgentConfig, new: AgentConfig) -> None:
+        if old.logging.level != new.logging.level:
+            logging.getLogger("emotion_agent").setLevel(new.logging.level)
+        if old.telemetry.enabled != new.telemetry.enabled:
+            self._stop_telemetry()
+            self._start_telemetry()
+        elif self._telemetry is not None:
+            self._telemetry.interval_s = new.telemetry.interval_s
+            self._telemetry.collector.config_hash = config_hash(new)
+
+    # -- telemetry ---------------------------------------------------------------------
+
+    def _start_telemetry(self) -> None:
+        config = self.config
+        if self.mqtt is None or not config.telemetry.enabled:
+            return
+        collector = TelemetryCollector(
+            device_id=config.device.id,
+            fleet=config.device.fleet,
+            sources=self._telemetry_sources(config),
+            pipeline=self.telemetry_snapshot,
+            config_hash=config_hash(config),
+        )
+        self._telemetry_stop = threading.Event()
+        self._telemetry = TelemetryReporter(
+            collector, self.mqtt.publish_telemetry, config.telemetry.interval_s,
+            self._telemetry_stop.wait,
+        )  # fmt: skip
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry.run, name="telemetry", daemon=True
+        )
+        self._telemetry_thread.start()
+
+    def _stop_telemetry(self) -> None:
+        self._telemetry_stop.set()
+        if self._telemetry_thread is not None:
+            self._telemetry_thread.join(timeout=10.0)
+            self._telemetry_thread = None
+        if self._telemetry is not None:
+            self._telemetry.collector.close()
+            self._telemetry = None
+
+    def telemetry_snapshot(self) -> Optional[PipelineSnapshot]:
+        """The loop's snapshot in telemetry's terms, with the outbox depth."""
+        snap = self.snapshot()
+        runtime = self.runtime
+        if snap is None or runtime is None:
+            return None
+        return dataclasses.replace(
+            to_pipeline_snapshot(snap, runtime.backend),
+            fps=snap.fps,
+            latency_ms_p50=snap.latency_ms.get("p50"),
+            latency_ms_p95=snap.latency_ms.get("p95"),
+            camera_state=snap.source_state,
+            queue_depth=snap.queue_depth,
+            outbox_depth=self.mqtt.outbox_depth() if self.mqtt is not None else 0,
+        )
 
     # -- status ----------------------------------------------------------------
 
@@ -169,9 +324,10 @@ class Daemon:
 
     def status(self) -> str:
         snap = self.snapshot()
-        if snap is None or self.runtime is None:
+        pipeline = self.telemetry_snapshot()
+        if snap is None or pipeline is None:
             return "starting"
-        line = status_line(to_pipeline_snapshot(snap, self.runtime.backend))
+        line = status_line(pipeline)
         if snap.source_state != "running":
             line += f", camera {snap.source_state}"
         return line
@@ -182,7 +338,11 @@ class Daemon:
         if install_signals:
             self.lifecycle.install_signal_handlers()
         try:
-            self._start(self.config)
+            if self.mqtt is not None:
+                self.mqtt.start()
+            with self._control:
+                self._start(self.config)
+            self._start_telemetry()
             self.watchdog.start()
             started = time.monotonic()
             while not self._first_frame.wait(0.5):

@@ -2,12 +2,12 @@
 # Quickstart: install emotion-agent into ./.venv and run its main job on the
 # embedded default (no camera, no broker, nothing downloaded at run time).
 #
-#   ./scripts/demo.sh
+#   ./scripts/demo.sh [--seconds 10] [--frames N] [--full]
 #
-# What it runs grows with the project (docs/operations.md): today the agent is
-# installed and its configuration layer exercised on the annotated example
-# (validate, effective config, schema). The detection -> emotion -> MQTT demo
-# loop (`emotion-agent demo`) takes this place when it lands; the command stays.
+# It runs `emotion-agent demo`: the real loop (detector, landmarks, emotion,
+# tracking) on the bundled sample photos, published through the durable outbox
+# to an embedded MQTT broker, and every message printed as a subscriber sees it
+# (docs/mqtt.md). Arguments go to `emotion-agent demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,18 +19,4 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[cpu]'
 EA=.venv/bin/emotion-agent
 
-if "$EA" --help | grep -qE '^    demo '; then
-    exec "$EA" demo "$@"
-fi
-
-echo "== emotion-agent $("$EA" --version | cut -d' ' -f2) installed in .venv"
-echo "== validating the annotated example configuration"
-"$EA" config validate agent/config/example.yaml
-echo "== effective configuration (example + your EMOTION_AGENT__* environment), secrets masked"
-"$EA" --config agent/config/example.yaml config show
-echo "== a configuration error, as the daemon would report it (exit code 78):"
-set +e
-"$EA" --config agent/config/example.yaml --set mqtt.port=70000 config validate
-echo "   exit code: $?"
-set -e
-echo "== next: 'source .venv/bin/activate; emotion-agent --help'"
+exec "$EA" demo "$@"

@@ -8,9 +8,11 @@
 
 Everything lives in the test's tmp_path (generated mosquitto.conf, password file
 made with ``mosquitto_passwd -b``, ACL file, the broker's log). The broker listens
-on 127.0.0.1 only, persistence is off, and it is killed at teardown. TLS
-listeners can be added through ``listener_options`` (``certfile``, ``keyfile``,
-``cafile``, ``require_certificate`` lines) when the MQTT issue needs them.
+on 127.0.0.1 only, persistence is off (``persistence=True`` turns it on, in the
+test's directory), and it is killed at teardown. TLS settings for the listener go in
+``listener_options`` (``certfile``, ``keyfile``, ``cafile``, ``require_certificate``
+lines); ``options`` lines are appended (global options, more listeners).
+``Broker.kill()`` / ``Broker.restart()`` take it down and bring it back on the same port.
 """
 
 import getpass
@@ -44,6 +46,28 @@ class Broker:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes without a word (no will handling, no saving)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def restart(self, timeout_s: float = 10.0) -> None:
+        """Start mosquitto again with the same configuration, on the same port."""
+        self.stop()
+        with open(self.directory / "mosquitto.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.directory / "mosquitto.conf")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if _accepts(self.host, self.port):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not restart: {self.log}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -75,11 +99,13 @@ def _write_config(
     acl: Optional[str],
     allow_anonymous: Optional[bool],
     listener_options: Sequence[str],
+    persistence: bool = False,
 ) -> Path:
     lines = [
         f"listener {port} 127.0.0.1",
         *listener_options,
-        "persistence false",
+        f"persistence {'true' if persistence else 'false'}",
+        f"persistence_location {directory}/",
         "log_dest stderr",
         "log_timestamp false",
         "log_type error",
@@ -113,6 +139,8 @@ def start_broker(
     acl: Optional[str] = None,
     allow_anonymous: Optional[bool] = None,
     listener_options: Sequence[str] = (),
+    options: Sequence[str] = (),
+    persistence: bool = False,
     timeout_s: float = 10.0,
 ) -> Broker:
     """Start mosquitto; return once it accepts TCP connections. The caller stops it."""
@@ -120,7 +148,11 @@ def start_broker(
     last_error = ""
     for _ in range(3):  # another process may grab the free port before mosquitto binds it
         port = free_port()
-        conf = _write_config(directory, port, users, acl, allow_anonymous, listener_options)
+        conf = _write_config(
+            directory, port, users, acl, allow_anonymous, listener_options, persistence
+        )
+        if options:  # global options (e.g. max_queued_messages) and extra listeners
+            conf.write_text(conf.read_text() + "\n".join(options) + "\n")
         with open(directory / "mosquitto.log", "wb") as log:
             proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT

@@ -42,7 +42,7 @@ def test_ready_status_watchdog_reload_and_stop(manifest, tmp_path, notify_socket
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_AGENT")}
     env.update(notify_socket.env, WATCHDOG_USEC="2000000")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "run"],
+        [sys.executable, "-m", "agent", "--config", str(config), "run", "--no-mqtt"],
         cwd=str(REPO), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -248,7 +248,9 @@ def common(manifest):
 def test_run_writes_events_and_a_preview(manifest, tmp_path):
     cv2 = pytest.importorskip("cv2")
     preview = tmp_path / "preview.mp4"
-    res = run_cli([*common(manifest), "run", "--max-frames", "40", "--preview", str(preview)])
+    res = run_cli(
+        [*common(manifest), "run", "--no-mqtt", "--max-frames", "40", "--preview", str(preview)]
+    )
     assert res.code == 0, res.err
     events = [json.loads(line) for line in res.out.splitlines()]
     kinds = [e["type"] for e in events]
@@ -260,7 +262,7 @@ def test_run_writes_events_and_a_preview(manifest, tmp_path):
 
 def test_run_stops_cleanly_on_sigterm(manifest):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", *common(manifest), "run"],
+        [sys.executable, "-m", "agent", *common(manifest), "run", "--no-mqtt"],
         cwd=str(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

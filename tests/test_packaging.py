@@ -3,6 +3,7 @@ and the distribution declares what the issue asks (entry point, extras, Python).
 
 import base64
 import hashlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -94,6 +95,16 @@ def test_distribution_metadata():
 def agent_wheel(tmp_path_factory) -> Path:
     """A wheel of this checkout, built offline with the test environment's setuptools."""
     folder = tmp_path_factory.mktemp("wheels")
+    # from a copy: setuptools reuses ./build/lib, where stale files of an earlier
+    # build would hide a module that the wheel leaves out
+    source = tmp_path_factory.mktemp("source") / "emotion-agent"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "build", "dist", ".venv*", "node_modules", "__pycache__", "*.egg-info"
+        ),
+    )
     proc = subprocess.run(
         [
             sys.executable,
@@ -106,7 +117,7 @@ def agent_wheel(tmp_path_factory) -> Path:
             "--disable-pip-version-check",
             "-w",
             str(folder),
-            str(REPO),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -212,3 +223,22 @@ def test_installer_off_jetson_makes_a_plain_venv(tmp_path, agent_wheel):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "include-system-site-packages = false" in (prefix / "venv/pyvenv.cfg").read_text()
     assert not (prefix / "venv/pip.conf").exists()
+
+
+def test_the_wheel_holds_every_module_and_bundled_file(agent_wheel):
+    """What runs from a checkout must also be in the wheel: every module, bundled
+    model, manifest and sample photo (package-data globs are easy to get wrong)."""
+    import zipfile
+
+    (wheel,) = agent_wheel.glob("emotion_agent-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        str(p.relative_to(REPO))
+        for top in ("agent", "engines")
+        for p in (REPO / top).rglob("*")
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.suffix in (".py", ".onnx", ".yaml", ".jpg")
+    }
+    missing = sorted(expected - names)
+    assert not missing, f"not in the wheel: {missing}"

@@ -53,7 +53,8 @@ def main() -> int:
     if events.exists():
         events.unlink()
     cmd = [sys.executable, "-m", "agent", "--config", "/dev/null", "--set",
-           "camera.source=synthetic://", *extra, "run", "--events", str(events)]  # fmt: skip
+           "camera.source=synthetic://", *extra,
+           "run", "--no-mqtt", "--events", str(events)]  # fmt: skip
     log = open(args.out.with_suffix(".log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     start = time.monotonic()

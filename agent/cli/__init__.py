@@ -14,7 +14,16 @@ import sys
 from typing import IO, Callable, List, Mapping, Optional, Sequence
 
 from agent import __version__
-from agent.cli import analyze_cmd, bench_cmd, config_cmd, doctor_cmd, engines_cmd, run_cmd
+from agent.cli import (
+    analyze_cmd,
+    bench_cmd,
+    config_cmd,
+    demo_cmd,
+    doctor_cmd,
+    engines_cmd,
+    fleet_cmd,
+    run_cmd,
+)
 from agent.cli.context import CliContext
 from agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, ENV_PREFIX, ConfigError
 from agent.logs import setup_logging
@@ -86,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_parser(subparsers, common)
     bench_cmd.add_parser(subparsers, common)
     engines_cmd.add_parser(subparsers, common)
+    demo_cmd.add_parser(subparsers, common)
+    fleet_cmd.add_parser(subparsers, common)
     return parser
 
 

@@ -3,12 +3,14 @@
 import argparse
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
 from agent.config import AgentConfig
 from agent.daemon import Daemon
-from agent.events.sinks import JsonLinesSink
+from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
+from agent.mqtt.outbox import OutboxError
+from agent.mqtt.service import MqttService
 from agent.perception.video import OpenCVMissing
 from agent.preview import PreviewWriter
 from engines.backend import EngineError
@@ -27,12 +29,20 @@ def add_parser(
         help="run the agent: camera -> faces -> emotion events, until stopped",
         description=(
             "Run the real-time loop from the configuration until SIGINT or SIGTERM (or the "
-            "end of a file:// source that does not loop). Emotion events are written as JSON "
-            "lines to stdout (or --events FILE); logs go to stderr."
+            "end of a file:// source that does not loop). Emotion events and telemetry are "
+            "published to the configured MQTT broker through the durable outbox in state_dir "
+            "(docs/mqtt.md); remote commands are taken. Logs go to stderr."
         ),
     )
     parser.add_argument(
-        "--events", metavar="FILE", type=Path, help="append events to FILE instead of stdout"
+        "--events",
+        metavar="FILE",
+        help="also append events as JSON lines to FILE ('-': stdout)",
+    )
+    parser.add_argument(
+        "--no-mqtt",
+        action="store_true",
+        help="no broker, no outbox: events as JSON lines only (stdout unless --events)",
     )
     parser.add_argument(
         "--preview",
@@ -47,7 +57,24 @@ def add_parser(
 
 def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    sink = JsonLinesSink(path=args.events) if args.events else JsonLinesSink(stream=ctx.stdout)
+    jsonl: Optional[JsonLinesSink] = None
+    if args.events == "-" or (args.no_mqtt and not args.events):
+        jsonl = JsonLinesSink(stream=ctx.stdout)
+    elif args.events:
+        jsonl = JsonLinesSink(path=Path(args.events))
+    mqtt: Optional[MqttService] = None
+    if not args.no_mqtt:
+        try:
+            mqtt = MqttService(config, rebuild=rebuild_engines, logger=ctx.logger)
+        except OutboxError as exc:
+            print(
+                f"emotion-agent run: {exc}\n  the agent needs a writable state_dir "
+                f"({config.state_dir}); set state_dir, or run with --no-mqtt",
+                file=ctx.stderr,
+            )
+            return EXIT_FAILURE
+    sinks: List[EventSink] = [s for s in (mqtt.sink if mqtt else None, jsonl) if s is not None]
+    sink: EventSink = sinks[0] if len(sinks) == 1 else TeeSink(sinks)
     preview = PreviewWriter(args.preview, config.camera.fps) if args.preview else None
 
     def reload_config() -> AgentConfig:  # SIGHUP: the same sources, read again
@@ -61,7 +88,19 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         on_frame=preview,
         max_frames=args.max_frames,
         reporter=default_reporter(ctx.stderr, ctx.logger),
+        mqtt=mqtt,
     )
+    if mqtt is not None:
+        m = config.mqtt
+        ctx.logger.info(
+            "publishing to %s:%d (MQTT %s%s) under %s, outbox %s",
+            m.host,
+            m.port,
+            m.protocol,
+            ", TLS" if m.tls.enabled else "",
+            mqtt.publisher.topics.base,
+            mqtt.publisher.outbox.path,
+        )
     ctx.logger.info(
         "running: camera %s, models %s / %s / %s",
         config.camera.source,
@@ -73,6 +112,9 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         code = daemon.run(install_signals=threading.current_thread() is threading.main_thread())
     except (ManifestError, ModelIntegrityError, OpenCVMissing, EngineError, ValueError) as exc:
         print(f"emotion-agent run: {exc}", file=ctx.stderr)
+        if mqtt is not None:  # it started before the pipeline failed to
+            mqtt.publish_stopped()
+            mqtt.close()
         return EXIT_FAILURE
     finally:
         if preview is not None:
@@ -88,3 +130,20 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             snap.events,
         )
     return code
+
+
+def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
+    """The ``rebuild-engines`` command: rebuild the selected models' engines (force),
+    while the pipeline is stopped; the restarted pipeline loads them from the cache."""
+    from agent.inference import engine_settings, selected_models
+    from agent.perception.factory import manifest_for
+    from engines.prepare import prepare_engines
+
+    backends = prepare_engines(
+        manifest_for(config), selected_models(config), engine_settings(config), force=True
+    )
+    try:
+        return {name: backend.info.kind for name, backend in backends.items()}
+    finally:
+        for backend in backends.values():
+            backend.close()

@@ -32,6 +32,11 @@ DEFAULT_CONFIG_PATH = Path("/etc/emotion-agent/config.yaml")
 
 CAMERA_SCHEMES = ("csi", "v4l2", "rtsp", "rtsps", "file", "synthetic")
 
+# models.detector profiles -> bundled manifest names, chosen by measurement
+# (docs/benchmarks.md, "Face detectors"): "accurate" finds the most faces at every
+# size; "fast" costs about half and misses faces that fill most of the frame.
+DETECTOR_PROFILES = {"fast": "blazeface_full", "accurate": "blazeface_back"}
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
@@ -124,7 +129,14 @@ class ModelsConfig(Section):
     manifest: Optional[Path] = Field(
         None, description="Model manifest file; unset means the manifest bundled with the agent."
     )
-    detector: str = Field("tiny_face_detector", description="Face detector, by manifest name.")
+    detector: str = Field(
+        "accurate",
+        min_length=1,
+        validate_default=True,
+        description="Face detector: a profile, fast (blazeface_full) or accurate "
+        "(blazeface_back), or a manifest name (e.g. tiny_face_detector); a profile is "
+        "replaced by its model name.",
+    )
     landmarks: str = Field("face_landmark_68", description="68-point landmark net, by name.")
     emotion: str = Field("emotionnet", description="Emotion classifier, by manifest name.")
     backend: Literal["auto", "tensorrt", "onnxruntime"] = Field(
@@ -142,6 +154,11 @@ class ModelsConfig(Section):
     tensorrt_workspace_mb: int = Field(
         256, ge=16, le=16384, description="TensorRT builder workspace limit (fits a 4 GB Nano)."
     )
+
+    @field_validator("detector")
+    @classmethod
+    def _detector_profile(cls, value: str) -> str:
+        return DETECTOR_PROFILES.get(value, value)
 
     @field_validator("manifest")
     @classmethod
@@ -165,7 +182,13 @@ class PipelineConfig(Section):
     )
     detection_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face detection score.")
     nms_iou: float = Field(0.3, ge=0, le=1, description="IoU above which boxes are merged.")
-    min_face_px: int = Field(40, ge=8, le=4096, description="Ignore faces smaller than this.")
+    min_face_px: int = Field(
+        40,
+        ge=8,
+        le=4096,
+        description="Ignore faces smaller than this (px, the face crop: the detector's box "
+        "after its manifest crop adjustment).",
+    )
     max_faces: int = Field(8, ge=1, le=64, description="Most faces processed per frame.")
     emotion_min_confidence: float = Field(
         0.6, ge=0, le=1, description="Smoothed probability needed to report a label change."
@@ -213,6 +236,35 @@ class TLSConfig(Section):
         return self
 
 
+class OutboxConfig(Section):
+    """The durable event outbox (SQLite, WAL) in ``state_dir``: bounds and delivery window."""
+
+    max_messages: int = Field(
+        500_000, ge=100, le=100_000_000, description="Most messages kept; oldest dropped first."
+    )
+    max_mib: float = Field(
+        256.0, gt=0, le=65536, description="Most payload MiB kept; oldest dropped first."
+    )
+    max_age_s: float = Field(
+        604800.0, gt=0, description="Messages older than this are dropped (default 7 days)."
+    )
+    inflight: int = Field(
+        100, ge=1, le=1000, description="Messages published and not yet acknowledged, at most."
+    )
+    flush_timeout_s: float = Field(
+        5.0, ge=0, le=25, description="On stop: how long to wait for the broker to ack the backlog."
+    )
+
+
+class DiscoveryConfig(Section):
+    """Home Assistant MQTT discovery (opt-in)."""
+
+    enabled: bool = Field(False, description="Publish Home Assistant discovery configs.")
+    prefix: str = Field(
+        "homeassistant", pattern=TOPIC_PREFIX, description="Home Assistant's discovery prefix."
+    )
+
+
 _URL_SCHEMES = {
     "mqtt": ("tcp", False, 1883),
     "tcp": ("tcp", False, 1883),
@@ -257,6 +309,8 @@ class MQTTConfig(Section):
     )
     reconnect_min_s: float = Field(1.0, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
 
     @model_validator(mode="before")
     @classmethod

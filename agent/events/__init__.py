@@ -1,6 +1,6 @@
 """Emotion events (the wire model) and the sinks they go to."""
 
 from agent.events.models import EmotionEvent, EventType
-from agent.events.sinks import EventSink, JsonLinesSink
+from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 
-__all__ = ["EmotionEvent", "EventSink", "EventType", "JsonLinesSink"]
+__all__ = ["EmotionEvent", "EventSink", "EventType", "JsonLinesSink", "TeeSink"]

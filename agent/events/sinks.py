@@ -2,7 +2,7 @@
 
 import threading
 from pathlib import Path
-from typing import IO, Optional, Protocol
+from typing import IO, Optional, Protocol, Sequence
 
 from agent.events.models import EmotionEvent
 
@@ -34,3 +34,24 @@ class JsonLinesSink:
     def close(self) -> None:
         if self._owned:
             self._stream.close()
+
+
+class TeeSink:
+    """Every event to several sinks (the MQTT publisher and a JSON lines file)."""
+
+    def __init__(self, sinks: Sequence[EventSink]) -> None:
+        self.sinks = list(sinks)
+
+    def emit(self, event: EmotionEvent) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            flush = getattr(sink, "flush", None)
+            if flush is not None:
+                flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -1,0 +1,94 @@
+"""Home Assistant MQTT discovery (opt-in: ``mqtt.discovery.enabled``).
+
+At every connect the agent publishes, retained, one discovery config per sensor
+under ``<mqtt.discovery.prefix>/sensor/<node>/<sensor>/config``, where ``<node>`` is
+the device id with anything but letters, digits, ``_`` and ``-`` replaced by ``_``.
+Each device then appears in Home Assistant with sensors for its current emotion
+(from the events), its processing rate and its outbox depth (from the telemetry),
+available while its status is "online". A broker ACL can confine a device's
+discovery publishes with ``pattern write homeassistant/sensor/%u/#``. Devices of
+different fleets that share one Home Assistant need distinct ids.
+"""
+
+import json
+import re
+from typing import Any, Dict, List, Tuple
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.mqtt.publisher import Publisher
+
+SENSORS = (
+    # name, leaf topic, value path, extra settings
+    ("emotion", "events", "event.label", {"icon": "mdi:emoticon-outline"}),
+    (
+        "fps",
+        "telemetry",
+        "pipeline.fps",
+        {"unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:speedometer"},
+    ),
+    (
+        "outbox",
+        "telemetry",
+        "outbox.depth",
+        {"unit_of_measurement": "messages", "state_class": "measurement", "icon": "mdi:tray-full"},
+    ),
+)
+
+
+AVAILABILITY = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
+
+
+def node_id(device_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", device_id)
+
+
+def discovery_messages(config: AgentConfig, version: str = __version__) -> List[Tuple[str, bytes]]:
+    """(topic, payload) of every discovery config of this device."""
+    device = config.device
+    base = f"{config.mqtt.topic_prefix}/{device.fleet}/{device.id}"
+    node = node_id(device.id)
+    ident = f"emotion_agent_{node_id(device.fleet)}_{node}"
+    ha_device: Dict[str, Any] = {
+        "identifiers": [ident],
+        "name": device.id,
+        "manufacturer": "emotion-agent",
+        "model": "emotion-agent",
+        "sw_version": version,
+    }
+    if device.site:
+        ha_device["suggested_area"] = device.site
+    out = []
+    for name, leaf, path, extra in SENSORS:
+        payload = {
+            "name": name,
+            "unique_id": f"{ident}_{name}",
+            "object_id": f"{node}_{name}",
+            "state_topic": f"{base}/{leaf}",
+            "value_template": "{{ value_json." + path + " }}",
+            "availability_topic": f"{base}/status",
+            "availability_template": AVAILABILITY,
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "qos": 1,
+            "device": ha_device,
+            **extra,
+        }
+        topic = f"{config.mqtt.discovery.prefix}/sensor/{node}/{name}/config"
+        out.append((topic, json.dumps(payload, separators=(",", ":")).encode("utf-8")))
+    return out
+
+
+class Discovery:
+    """Publishes the discovery configs at every connect of ``publisher``."""
+
+    def __init__(self, config: AgentConfig, publisher: Publisher) -> None:
+        self.messages = discovery_messages(config, publisher.version)
+        self.publisher = publisher
+
+    def install(self) -> None:
+        self.publisher.on_connected_hooks.append(self.publish)
+
+    def publish(self) -> None:  # network thread (on connect)
+        for topic, payload in self.messages:
+            self.publisher.connection.publish_now(topic, payload, qos=1, retain=True)

@@ -1,0 +1,200 @@
+"""Operator tools on the controller side: watch a fleet, send a device a command.
+
+- :class:`FleetView` turns the messages of ``<prefix>/<fleet>/+/{status,telemetry,events}``
+  into one row per device: status, fps, last emotion, outbox depth, last seen, and
+  the event sequence check (missing and duplicate seqs, as docs/mqtt.md explains).
+- :func:`send_command` publishes one request and waits for its response: MQTT 5
+  Response Topic + Correlation Data, or for 3.1.1 ``reply_to`` + ``correlation_id``
+  in the payload; a "busy" answer is retried.
+"""
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.mqtt.client import InboundMessage, MqttConnection
+from agent.mqtt.topics import Topics, split_device_topic
+
+
+@dataclass
+class DeviceRow:
+    fleet: str
+    device: str
+    status: str = "?"
+    fps: Optional[float] = None
+    emotion: Optional[str] = None
+    outbox: Optional[int] = None
+    last_seen: Optional[float] = None  # monotonic
+    events: int = 0
+    last_seq: Optional[int] = None
+    missing: int = 0
+    duplicates: int = 0
+    _seen: set = field(default_factory=set, repr=False)  # type: ignore[type-arg]
+
+    def event(self, seq: int) -> None:
+        self.events += 1
+        if seq in self._seen:
+            self.duplicates += 1
+            return
+        if self.last_seq is not None and seq > self.last_seq + 1:
+            self.missing += seq - self.last_seq - 1
+        elif self.last_seq is not None and seq < self.last_seq:
+            self.missing = max(0, self.missing - 1)  # a late one fills a gap
+        self._seen.add(seq)
+        if len(self._seen) > 100_000:
+            self._seen = set(sorted(self._seen)[-50_000:])
+        self.last_seq = max(seq, self.last_seq or 0)
+
+
+class FleetView:
+    """Thread-safe table of the devices of one prefix (all fleets or one)."""
+
+    def __init__(self, prefix: str, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.prefix = prefix
+        self._monotonic = monotonic
+        self._rows: Dict[Tuple[str, str], DeviceRow] = {}
+        self._lock = threading.Lock()
+
+    def on_message(self, message: InboundMessage) -> None:
+        parts = split_device_topic(self.prefix, message.topic or "")
+        if parts is None:
+            return
+        fleet, device, leaf = parts
+        try:
+            payload = json.loads(message.payload) if message.payload else None
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        with self._lock:
+            row = self._rows.setdefault((fleet, device), DeviceRow(fleet, device))
+            row.last_seen = self._monotonic()
+            if leaf == "status":
+                row.status = str(payload.get("state", "?"))
+            elif leaf == "telemetry":
+                pipeline = payload.get("pipeline") or {}
+                row.fps = pipeline.get("fps")
+                outbox = payload.get("outbox") or {}
+                row.outbox = outbox.get("depth", pipeline.get("outbox_depth"))
+            elif leaf == "events":
+                event = payload.get("event") or {}
+                if event.get("label"):
+                    row.emotion = str(event["label"])
+                if isinstance(payload.get("seq"), int):
+                    row.event(payload["seq"])
+
+    def rows(self) -> List[DeviceRow]:
+        with self._lock:
+            return [self._rows[k] for k in sorted(self._rows)]
+
+    def render(self) -> str:
+        now = self._monotonic()
+        head = ["FLEET", "DEVICE", "STATUS", "FPS", "EMOTION", "OUTBOX", "LAST SEEN", "EVENTS",
+                "MISSING", "DUP"]  # fmt: skip
+        lines = [head]
+        for r in self.rows():
+            seen = "-" if r.last_seen is None else f"{max(0.0, now - r.last_seen):.0f}s ago"
+            lines.append(
+                [
+                    r.fleet,
+                    r.device,
+                    r.status,
+                    "-" if r.fps is None else f"{r.fps:.1f}",
+                    r.emotion or "-",
+                    "-" if r.outbox is None else str(r.outbox),
+                    seen,
+                    str(r.events),
+                    str(r.missing),
+                    str(r.duplicates),
+                ]
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+        text = [
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines
+        ]
+        if len(lines) == 1:
+            text.append("(no device seen yet)")
+        return "\n".join(text)
+
+
+def parse_args(pairs: List[str], command: str) -> Dict[str, Any]:
+    """``key=value`` words into command arguments; dotted keys nest; values are JSON
+    when they parse as JSON, else text. For set-config they form ``{"config": ...}``."""
+    args: Dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"arguments are key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        node = args
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{key}: {part} is already a value")
+        node[parts[-1]] = value
+    if command == "set-config" and args and "config" not in args:
+        args = {"config": args}
+    return args
+
+
+def send_command(
+    connection: MqttConnection,
+    topics: Topics,
+    command: str,
+    args: Dict[str, Any],
+    timeout: float = 10.0,
+    retries: int = 5,
+) -> Optional[Dict[str, Any]]:
+    """Send one command to the device of ``topics``; its response body, or None."""
+    token = uuid.uuid4().hex
+    reply = f"{topics.response(command)}/{token[:12]}"
+    answers: List[Dict[str, Any]] = []
+    got = threading.Event()
+
+    def on_reply(message: InboundMessage) -> None:
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(body, dict) and (
+            body.get("correlation_id") == token or message.correlation_data == token.encode()
+        ):
+            answers.append(body)
+            got.set()
+
+    connection.subscribe(reply, 1, on_reply)
+    connection.start()
+    if not connection.wait_connected(timeout):
+        return None
+    time.sleep(0.2)  # the subscription is made in on_connect
+    for _ in range(retries + 1):
+        got.clear()
+        answers.clear()
+        request: Dict[str, Any] = {"args": args, "correlation_id": token}
+        props = None
+        if connection.mqtt5:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply
+            props.CorrelationData = token.encode()
+        else:
+            request["reply_to"] = reply
+        connection.publish(
+            topics.command(command), json.dumps(request).encode(), qos=1, properties=props
+        )
+        if not got.wait(timeout):
+            return None
+        body = answers[0]
+        if (body.get("error") or {}).get("code") != "busy":
+            return body
+        time.sleep(0.5)
+    return answers[0] if answers else None

@@ -1,0 +1,277 @@
+"""The MQTT publisher: an EventSink that commits every event to the outbox, then
+publishes the outbox in order, and deletes each message once the broker has
+acknowledged it.
+
+- ``emit`` never blocks on the network or the disk (see outbox.py: group commit).
+- On the network thread, ``_pump`` hands committed messages to paho in id order,
+  keeping at most ``window`` (``mqtt.outbox.inflight``) unacknowledged. Each PUBACK
+  (``on_publish`` with its message id) marks its row for deletion. A PUBACK with an
+  MQTT 5 failure reason code (for example "not authorized") does not: the message
+  stays in the outbox, is counted in ``refused`` and logged, and is sent again after
+  the next start.
+- After a reconnect paho first re-sends what was in flight, then the pump goes on
+  from where it stopped; after a restart everything still in the outbox is sent
+  again from the oldest. Either way the backlog drains in order.
+- Status: "online" (retained) at every connect; the last will "offline"
+  (retained) registered at every connect; "stopped" (retained) on a clean
+  shutdown, before the DISCONNECT (which makes the broker discard the will).
+"""
+
+import logging
+import time
+from typing import Callable, Dict, Optional, Tuple
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.events.models import EmotionEvent
+from agent.mqtt.client import ConnectionSettings, MqttConnection
+from agent.mqtt.messages import (
+    ConnectionTelemetry,
+    OutboxTelemetry,
+    StatusMessage,
+    StatusState,
+    TelemetryEnvelope,
+    to_json,
+    utc_now,
+)
+from agent.mqtt.outbox import KIND_EVENT, KIND_TELEMETRY, Outbox, OutboxLimits
+from agent.mqtt.topics import Topics
+from agent.telemetry.models import TelemetryMessage
+
+log = logging.getLogger("emotion_agent.mqtt")
+
+
+class Publisher:
+    def __init__(
+        self,
+        outbox: Outbox,
+        connection: MqttConnection,
+        topics: Topics,
+        *,
+        qos: int = 1,
+        window: int = 100,
+        version: str = __version__,
+        site: Optional[str] = None,
+        flush_timeout_s: float = 5.0,
+        wall_clock: Callable[[], float] = time.time,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self.outbox = outbox
+        self.connection = connection
+        self.topics = topics
+        self.qos = qos
+        self.window = window
+        self.version = version
+        self.site = site
+        self.flush_timeout_s = flush_timeout_s
+        self._wall = wall_clock
+        self._log = logger or log
+        self._cursor = 0  # the last outbox id handed to paho
+        self._inflight: Dict[int, int] = {}  # paho mid -> outbox id
+        self._dirty = True
+        self.acked = 0
+        self.refused = 0
+        self.published = 0
+        self.on_connected_hooks = []  # type: ignore[var-annotated]  # e.g. HA discovery
+        outbox.on_commit = self._committed
+        hooks = connection.hooks
+        hooks.pump = self._pump
+        hooks.on_ack = self._on_ack
+        hooks.on_connected = self._on_connected
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls, config: AgentConfig, *, logger: Optional[logging.Logger] = None, **conn: object
+    ) -> "Publisher":
+        """The outbox in ``state_dir`` and a connection to the configured broker (not started)."""
+        m = config.mqtt
+        topics = Topics(m.topic_prefix, config.device.fleet, config.device.id)
+        outbox = Outbox(
+            config.state_dir,
+            OutboxLimits(
+                m.outbox.max_messages, int(m.outbox.max_mib * 1024 * 1024), m.outbox.max_age_s
+            ),
+            device_id=config.device.id,
+            fleet=config.device.fleet,
+            logger=logger,
+        )
+        holder: Dict[str, Publisher] = {}
+        connection = MqttConnection(
+            ConnectionSettings.from_config(config, **conn),  # type: ignore[arg-type]
+            will=lambda: holder["p"].will(),
+            logger=logger,
+        )
+        publisher = cls(
+            outbox,
+            connection,
+            topics,
+            qos=m.qos,
+            window=m.outbox.inflight,
+            site=config.device.site,
+            flush_timeout_s=m.outbox.flush_timeout_s,
+            logger=logger,
+        )
+        holder["p"] = publisher
+        return publisher
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "Publisher":
+        self.outbox.start()
+        self.connection.start()
+        return self
+
+    def status_payload(self, state: StatusState) -> bytes:
+        return to_json(
+            StatusMessage(
+                device_id=self.topics.device,
+                fleet=self.topics.fleet,
+                timestamp=utc_now(),
+                state=state,
+                version=self.version,
+                site=self.site,
+            )
+        )
+
+    def will(self) -> Tuple[str, bytes]:
+        return self.topics.status, self.status_payload("offline")
+
+    # -- EventSink ---------------------------------------------------------------------
+
+    def emit(self, event: EmotionEvent) -> None:
+        self.outbox.put_event(event)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Commit what is queued, then wait (up to ``flush_timeout_s`` in all) until the
+        broker has acknowledged the whole outbox. True if it is empty."""
+        limit = self.flush_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        self.outbox.flush(max(limit, 1.0))
+        while time.monotonic() < deadline:
+            if self.outbox.depth == 0:
+                return True
+            if not self.connection.connected:
+                # a connection may be on its way (a start, a reconnect): give it a second
+                left = deadline - time.monotonic()
+                if not self.connection.wait_connected(min(1.0, max(left, 0.0))):
+                    break
+            time.sleep(0.02)
+        self.outbox.flush(1.0)
+        if self.outbox.depth:
+            self._log.info("%d messages stay in the outbox for the next start", self.outbox.depth)
+        return self.outbox.depth == 0
+
+    def publish_stopped(self, timeout: float = 2.0) -> bool:
+        """Retained "stopped" status, acknowledged by the broker (False if not)."""
+        return self.connection.publish_and_wait(
+            self.topics.status, self.status_payload("stopped"), qos=1, retain=True, timeout=timeout
+        )
+
+    def disconnect(self) -> None:
+        self.connection.stop()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.connection.stop()
+        self.outbox.close()
+
+    # -- telemetry -----------------------------------------------------------------------
+
+    def outbox_telemetry(self) -> OutboxTelemetry:
+        s = self.outbox.stats()
+        age = None
+        if s.oldest_created is not None:
+            age = round(max(0.0, self._wall() - s.oldest_created), 1)
+        return OutboxTelemetry(
+            depth=s.depth,
+            bytes=s.bytes,
+            oldest_age_s=age,
+            next_seq=s.next_seq,
+            dropped=s.dropped,
+            dropped_events=s.dropped_events,
+            dropped_by_limit=s.dropped_by_limit,
+            last_dropped_seq=s.last_dropped_seq,
+            unstored=s.unstored,
+        )
+
+    def connection_telemetry(self) -> ConnectionTelemetry:
+        st = self.connection.stats
+        return ConnectionTelemetry(
+            connected=self.connection.connected,
+            protocol="5" if self.connection.mqtt5 else "3.1.1",
+            connects=st.connects,
+            inflight=len(self._inflight),
+        )
+
+    def publish_telemetry(self, message: TelemetryMessage) -> None:
+        """Store a telemetry message in the outbox (QoS 1, in order with the events)."""
+        envelope = TelemetryEnvelope(
+            **message.model_dump(),
+            outbox=self.outbox_telemetry(),
+            mqtt=self.connection_telemetry(),
+        )
+        self.outbox.put(KIND_TELEMETRY, to_json(envelope))
+
+    # -- network thread -----------------------------------------------------------------
+
+    def _committed(self) -> None:
+        self._dirty = True
+        self.connection.wake()
+
+    def _on_connected(self) -> None:
+        self.connection.publish_now(
+            self.topics.status, self.status_payload("online"), qos=1, retain=True
+        )
+        for hook in list(self.on_connected_hooks):
+            try:
+                hook()
+            except Exception:
+                self._log.exception("on-connect hook failed")
+        self._dirty = True
+
+    def _topic(self, kind: str) -> str:
+        return self.topics.events if kind == KIND_EVENT else self.topics.telemetry
+
+    def _pump(self) -> None:
+        room = self.window - len(self._inflight)
+        if room <= 0 or not self._dirty:
+            return
+        self._dirty = False  # before the read: a commit after it sets it again
+        rows = self.outbox.fetch_after(self._cursor, room)
+        if len(rows) == room:
+            self._dirty = True  # there may be more
+        for row in rows:
+            qos = self.qos if row.kind == KIND_EVENT else 1
+            result = self.connection.publish_now(self._topic(row.kind), row.payload, qos=qos)
+            if result.mid is None:
+                self._dirty = True
+                return
+            self._cursor = row.id
+            self.published += 1
+            if qos == 0:
+                self.outbox.ack([row.id])
+            else:
+                self._inflight[result.mid] = row.id
+
+    def _on_ack(self, mid: int, ok: bool, reason: str) -> None:
+        row = self._inflight.pop(mid, None)
+        if row is None:
+            return
+        self._dirty = True  # a slot in the window is free
+        if ok:
+            self.acked += 1
+            self.outbox.ack([row])
+        else:
+            self.refused += 1
+            if self.refused <= 10 or self.refused % 1000 == 0:
+                self._log.error(
+                    "the broker refused outbox message %d (%s; %d refused so far); it stays "
+                    "in the outbox until the next start: check the broker's ACL for %s/#",
+                    row,
+                    reason,
+                    self.refused,
+                    self.topics.base,
+                )

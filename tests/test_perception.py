@@ -193,3 +193,43 @@ def test_more_faces_than_the_engine_batch_run_in_chunks(tmp_path, frames):
         np.testing.assert_allclose(
             list(a.emotion.scores.values()), list(b.emotion.scores.values()), atol=1e-5
         )
+
+
+def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
+    """The daemon's runners (engines backends): preprocessing writes straight into the
+    engines' bound input buffers, so that per frame only the emotion features (a few
+    hundred bytes per face) are copied, and the faces are those of plain runners."""
+    from agent.config import AgentConfig
+    from agent.inference import prepare_runners, runner_factory
+    from agent.perception.factory import build_perception
+
+    config = AgentConfig.model_validate(
+        {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
+    )
+    runners = prepare_runners(config, MANIFEST)
+    try:
+        engine_perception = build_perception(config, runner_factory(runners), MANIFEST)
+
+        def plain(model):
+            return runner(model.path)
+
+        plain_perception = build_perception(config, plain, MANIFEST)
+        frame = frames["faceapi-sample5.jpg"]
+        engine_perception.process(frame)  # warm-up
+        before = {name: r.backend.counters.bytes_copied_in for name, r in runners.items()}
+        faces = engine_perception.process(frame)
+        copied = {
+            name: r.backend.counters.bytes_copied_in - before[name] for name, r in runners.items()
+        }
+        assert len(faces) == 5
+        assert copied[config.models.detector] == 0
+        assert copied[config.models.landmarks] == 0
+        assert copied[config.models.emotion] == 5 * 136 * 4  # the features, float32
+        expected = plain_perception.process(frame)
+        for a, b in zip(faces, expected):
+            np.testing.assert_allclose(a.bbox, b.bbox, atol=1e-3)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+            assert a.emotion.label == b.emotion.label
+    finally:
+        for r in runners.values():
+            r.backend.close()

@@ -115,8 +115,13 @@ class Perception:
         adjustment (the landmark crop), so that it means the same for every detector.
         """
         h, w = frame.shape[:2]
-        _, placement = prepare_image(frame, self._det_pre, out=self._det_buf[0])
-        outputs = _outputs(self._det_entry, self._detector(self._det_buf))
+        buf = _bound_input(self._detector, 1, self._det_buf.shape[1:])
+        if buf is not None:  # write straight into the engine's input (no copy)
+            _, placement = prepare_image(frame, self._det_pre, out=buf[0])
+            outputs = _outputs(self._det_entry, self._detector.run_buffer(1))  # type: ignore[attr-defined]
+        else:
+            _, placement = prepare_image(frame, self._det_pre, out=self._det_buf[0])
+            outputs = _outputs(self._det_entry, self._detector(self._det_buf))
         post = self._det_entry.postprocessing
         s = self.settings
         if isinstance(post, TinyYoloDecoding):
@@ -236,12 +241,18 @@ class Perception:
         step = _batch_limit(self._landmarks, self._lm_entry)
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
-            batch = np.empty((len(chunk), *input_shape(self._lm_pre)), dtype=np.float32)
+            shape = input_shape(self._lm_pre)
+            bound = _bound_input(self._landmarks, len(chunk), shape)
+            batch = bound if bound is not None else np.empty((len(chunk), *shape), np.float32)
             placements = []
             for j, (cx, cy, cw, ch) in enumerate(chunk):
                 crop = frame[cy : cy + ch, cx : cx + cw]
                 placements.append(prepare_image(crop, self._lm_pre, out=batch[j])[1])
-            outputs = _outputs(self._lm_entry, self._landmarks(batch))
+            if bound is not None:  # the crops were written into the engine's input
+                ran = self._landmarks.run_buffer(len(chunk))  # type: ignore[attr-defined]
+            else:
+                ran = self._landmarks(batch)
+            outputs = _outputs(self._lm_entry, ran)
             for j, (cx, cy, cw, ch) in enumerate(chunk):
                 if isinstance(post, LandmarkDecoding):
                     raw = outputs[self._lm_entry.outputs[0].name][j]
@@ -308,3 +319,20 @@ def _batch_limit(runner: Runner, entry: ModelEntry) -> int:
     engine built for a smaller ``models.max_batch``) says so."""
     limit = getattr(runner, "max_batch", None)
     return max(1, min(entry.max_batch, limit) if isinstance(limit, int) else entry.max_batch)
+
+
+def _bound_input(runner: Runner, batch: int, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """The engine's own input buffer for ``batch`` items (engines' EngineRunner:
+    ``input_buffer`` + ``run_buffer``), when it is float32 of ``shape`` per item, so
+    that preprocessing writes there and nothing is copied; else None (plain runners,
+    or an engine whose input differs, for example a fixed batch)."""
+    get = getattr(runner, "input_buffer", None)
+    if get is None or not hasattr(runner, "run_buffer"):
+        return None
+    try:
+        buf = get(batch)
+    except Exception:  # a batch the engine does not take: the copying path says why
+        return None
+    if buf.dtype != np.float32 or tuple(buf.shape) != (batch, *shape):
+        return None
+    return buf

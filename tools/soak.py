@@ -12,7 +12,9 @@ samples (flat memory: a slope near 0). Events go to a file, counted at the end.
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +47,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
     parser.add_argument("--out", type=Path, default=Path("build/soak.csv"))
+    parser.add_argument("--mqtt", action="store_true", help="publish to a local mosquitto")
     parser.add_argument("agent_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     extra = [a for a in args.agent_args if a != "--"]
@@ -52,9 +55,25 @@ def main() -> int:
     events = args.out.with_suffix(".events.jsonl")
     if events.exists():
         events.unlink()
+    broker = None
+    publish = ["--no-mqtt"]
+    if args.mqtt:
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        broker = subprocess.Popen(
+            [mosquitto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(0.5)
+        state = args.out.with_suffix(".state")
+        shutil.rmtree(state, ignore_errors=True)
+        settings = ["mqtt.host=127.0.0.1", f"mqtt.port={port}", f"state_dir={state}"]
+        extra = [arg for kv in settings for arg in ("--set", kv)] + extra
+        publish = []
     cmd = [sys.executable, "-m", "agent", "--config", "/dev/null", "--set",
            "camera.source=synthetic://", *extra,
-           "run", "--no-mqtt", "--events", str(events)]  # fmt: skip
+           "run", *publish, "--events", str(events)]  # fmt: skip
     log = open(args.out.with_suffix(".log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     start = time.monotonic()
@@ -72,6 +91,9 @@ def main() -> int:
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     log.close()
+    if broker is not None:
+        broker.terminate()
+        broker.wait(timeout=10)
     after = [(t, r) for t, r in samples if t >= args.warmup]
     with open(events) as handle:
         n_events = sum(1 for _ in handle)
@@ -86,6 +108,7 @@ def main() -> int:
         "rss_mb_max_after_warmup": round(max(r for _, r in after), 1) if after else None,
         "rss_slope_mb_per_hour": round(slope_per_hour(after), 2),
         "events": n_events,
+        "mqtt": args.mqtt,
         "log_tail": Path(args.out.with_suffix(".log")).read_text().splitlines()[-1:],
         "load_average": os.getloadavg(),
     }

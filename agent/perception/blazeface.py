@@ -101,30 +101,37 @@ def decode_boxes(
     return out, scores[keep]
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """[M, M] IoU of every pair of boxes (x1, y1, x2, y2 in columns 0..3)."""
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    w = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    h = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
     inter = w * h
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
+    area = (x2 - x1) * (y2 - y1)
+    union = area[:, None] + area[None] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def weighted_nms(
     boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
 ) -> List[Tuple[np.ndarray, float]]:
-    """MediaPipe's WEIGHTED non-max suppression; input sorted best first (decode_boxes)."""
+    """MediaPipe's WEIGHTED non-max suppression; input sorted best first (decode_boxes).
+
+    The pairwise IoU is computed once (a frame has tens of candidates, not thousands),
+    then the greedy pass only indexes it.
+    """
+    if len(scores) == 0:
+        return []
+    similar_all = _iou_matrix(boxes) > iou_threshold
     remaining = np.arange(len(scores))
     out: List[Tuple[np.ndarray, float]] = []
     while remaining.size:
         top = remaining[0]
-        iou = _iou_one_to_many(boxes[top], boxes[remaining])
-        similar = iou > iou_threshold
+        similar = similar_all[top, remaining]
         similar[0] = True  # the top detection always merges with itself
         members = remaining[similar]
         weights = scores[members]
-        merged = (boxes[members] * weights[:, None]).sum(axis=0) / weights.sum()
+        merged = weights @ boxes[members] / weights.sum()
         out.append((merged, float(scores[top])))
         remaining = remaining[~similar]
     return out

@@ -204,14 +204,16 @@ class Perception:
             iou_threshold=self.settings.nms_iou,
             score_clip=post.score_clip,
         )
-        boxes: List[Box] = []
-        for values, score in decoded:
-            corners = placement.to_source((values[:4] * np.tile(size, 2)).reshape(2, 2))
-            x1, y1, x2, y2 = corners.reshape(4)
-            x1, x2 = float(np.clip(x1, 0, frame_w)), float(np.clip(x2, 0, frame_w))
-            y1, y2 = float(np.clip(y1, 0, frame_h)), float(np.clip(y2, 0, frame_h))
-            boxes.append((x1, y1, x2, y2, score))
-        return boxes
+        if not decoded:
+            return []
+        # all boxes at once: model-input pixels -> frame pixels, clipped to the frame
+        corners = np.stack([values[:4] for values, _ in decoded]) * np.tile(size, 2)
+        corners = placement.to_source(corners.reshape(-1, 2)).reshape(-1, 4)
+        np.clip(corners, 0, [frame_w, frame_h, frame_w, frame_h], out=corners)
+        return [
+            (x1, y1, x2, y2, score)
+            for (x1, y1, x2, y2), (_, score) in zip(corners.tolist(), decoded)
+        ]
 
     # -- landmarks ---------------------------------------------------------------
 

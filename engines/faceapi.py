@@ -226,10 +226,25 @@ def landmarks_to_crop_pixels(
     face-api then adds the *unclipped, unfloored* detection box's (x, y) to get frame pixels
     (withFaceLandmarks); adding the crop origin from face_crop_box is more exact.
     """
-    out = np.asarray(landmarks, dtype=np.float64).reshape(68, 2)
-    scale = input_size / max(crop_h, crop_w)
-    iw, ih = crop_w * scale, crop_h * scale
-    pad_x = abs(iw - ih) / 2 if iw < ih else 0.0
-    pad_y = abs(iw - ih) / 2 if ih < iw else 0.0
-    rel = (out * input_size - np.array([pad_x, pad_y])) / np.array([iw, ih])
-    return rel * np.array([crop_w, crop_h])
+    sizes = np.array([[crop_w, crop_h]], dtype=np.float64)
+    return landmarks_to_crop_pixels_batch(np.asarray(landmarks)[None], sizes, input_size)[0]
+
+
+def landmarks_to_crop_pixels_batch(
+    landmarks: np.ndarray, crop_sizes: np.ndarray, input_size: int = 112
+) -> np.ndarray:
+    """:func:`landmarks_to_crop_pixels` for n faces at once: net outputs [n, 136] and crop
+    sizes [n, 2] (w, h) -> [n, 68, 2] pixels of each un-padded crop."""
+    out = np.asarray(landmarks, dtype=np.float64).reshape(-1, 68, 2)
+    sizes = np.asarray(crop_sizes, dtype=np.float64).reshape(-1, 2)
+    inner = sizes * (input_size / sizes.max(axis=1))[:, None]  # (iw, ih) inside the square
+    half = np.abs(inner[:, 0] - inner[:, 1]) / 2
+    pad = np.stack(
+        [
+            np.where(inner[:, 0] < inner[:, 1], half, 0.0),
+            np.where(inner[:, 1] < inner[:, 0], half, 0.0),
+        ],
+        axis=1,
+    )
+    rel = (out * input_size - pad[:, None, :]) / inner[:, None, :]
+    return rel * sizes[:, None, :]

@@ -233,3 +233,21 @@ def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     finally:
         for r in runners.values():
             r.backend.close()
+
+
+def test_landmark_outputs_map_back_to_each_crop_in_one_batch():
+    """0..1 of the centre-padded 112 square -> pixels of the un-padded crop, per face:
+    a 200x100 crop sits in the square as 112x56 with 28 px above and below."""
+    raw = np.zeros((3, 68, 2))
+    raw[:, 0] = (0.5, 0.5)  # the square's centre
+    raw[:, 1] = (0.0, 0.25)  # the wide crop's top-left corner
+    raw[:, 2] = (1.0, 0.75)  # its bottom-right corner
+    sizes = np.array([[200, 100], [100, 200], [150, 150]])
+    px = faceapi.landmarks_to_crop_pixels_batch(raw.reshape(3, 136), sizes, 112)
+    np.testing.assert_allclose(px[0, :3], [[100, 50], [0, 0], [200, 100]], atol=1e-9)
+    np.testing.assert_allclose(px[1, 0], [50, 100])  # the tall crop: centre to centre
+    np.testing.assert_allclose(px[2, :3], [[75, 75], [0, 37.5], [150, 112.5]], atol=1e-9)
+    for i, (w, h) in enumerate(sizes):  # the single-face form agrees
+        np.testing.assert_array_equal(
+            faceapi.landmarks_to_crop_pixels(raw[i].reshape(136), w, h), px[i]
+        )

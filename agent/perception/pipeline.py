@@ -19,7 +19,7 @@ from agent.perception.preprocess import Placement, input_shape, prepare_image
 from engines.faceapi import (
     decode_tiny_face_detector,
     face_crop_box,
-    landmarks_to_crop_pixels,
+    landmarks_to_crop_pixels_batch,
     non_max_suppression,
 )
 from engines.landmarks import normalize
@@ -255,16 +255,17 @@ class Perception:
             else:
                 ran = self._landmarks(batch)
             outputs = _outputs(self._lm_entry, ran)
-            for j, (cx, cy, cw, ch) in enumerate(chunk):
-                if isinstance(post, LandmarkDecoding):
-                    raw = outputs[self._lm_entry.outputs[0].name][j]
-                    rel = landmarks_to_crop_pixels(raw, cw, ch, self._lm_pre.width)
-                elif isinstance(post, KeypointDecoding):
-                    raw = outputs[post.keypoints_output][j].reshape(-1, 2)[:68]
-                    rel = placements[j].to_source(raw)
-                else:  # pragma: no cover - the manifest validator allows no other kind
-                    raise PerceptionError(f"unsupported landmark decoding {post.kind}")
-                points[start + j] = rel + np.array([cx, cy], dtype=np.float64)
+            boxes_px = np.asarray(chunk, dtype=np.float64)  # [n, 4] x, y, w, h
+            n = len(chunk)
+            if isinstance(post, LandmarkDecoding):
+                raw = outputs[self._lm_entry.outputs[0].name][:n]
+                rel = landmarks_to_crop_pixels_batch(raw, boxes_px[:, 2:4], self._lm_pre.width)
+            elif isinstance(post, KeypointDecoding):
+                keypoints = outputs[post.keypoints_output][:n].reshape(n, -1, 2)[:, :68]
+                rel = np.stack([pl.to_source(kp) for pl, kp in zip(placements, keypoints)])
+            else:  # pragma: no cover - the manifest validator allows no other kind
+                raise PerceptionError(f"unsupported landmark decoding {post.kind}")
+            points[start : start + n] = rel + boxes_px[:, None, 0:2]
         return points, np.asarray(crops, dtype=np.float64).reshape(-1, 4), kept
 
     # -- emotion -----------------------------------------------------------------

@@ -291,3 +291,31 @@ def test_bench_json(manifest):
     for stage in report["stages"].values():
         assert set(stage) == {"fps", "p50_ms", "p95_ms"}
     assert report["backend"] == "onnxruntime" and report["faces_per_frame"] > 0
+    # the means and the overhead cover every measured frame, not only the last window
+    assert report["loop_overhead_pct"] > 0
+    for model in report["models_ms"].values():
+        assert model["mean"] > 0
+
+
+def test_bench_tracemalloc_reports_growth_per_half_and_where(manifest):
+    res = run_cli([*common(manifest), "bench", "--source", "synthetic://", "--frames", "20",
+                   "--warmup", "3", "--json", "--tracemalloc"])  # fmt: skip
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    assert isinstance(report["tracemalloc_growth_bytes"], int)
+    assert isinstance(report["tracemalloc_growth_second_half_bytes"], int)
+    sites = report["tracemalloc_top"]
+    assert sites and all(set(s) == {"where", "bytes", "blocks"} for s in sites)
+    assert not any("tracemalloc.py" in s["where"] for s in sites)  # its own snapshots
+
+
+def test_metrics_window_keeps_the_last_samples_and_sums_them_all():
+    from agent.pipeline.metrics import Window
+
+    window = Window(4)
+    for i in range(10):
+        window.add(float(i), float(i + 1))  # durations 1 .. 10
+    assert window.count == 10 and window.sum_ms == 55.0 and window.mean_ms() == 5.5
+    assert window.total_ms() == 7 + 8 + 9 + 10  # the window: the last 4
+    assert window.percentiles([50]) == [8.5]
+    assert Window(4).mean_ms() is None

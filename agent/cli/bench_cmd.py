@@ -6,7 +6,7 @@ import os
 import threading
 import time
 import tracemalloc
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
 from agent.perception.video import OpenCVMissing
@@ -63,6 +63,13 @@ def add_parser(
     parser.set_defaults(handler=_bench)
 
 
+def _snapshot() -> "tracemalloc.Snapshot":
+    """A tracemalloc snapshot without tracemalloc's own allocations (an earlier
+    snapshot's traces are otherwise counted as growth)."""
+    ignore = tracemalloc.Filter(False, tracemalloc.__file__)
+    return tracemalloc.take_snapshot().filter_traces([ignore])
+
+
 def _rss_mb() -> Optional[float]:
     try:
         with open("/proc/self/statm") as handle:
@@ -98,19 +105,46 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
         def run(ring, stop_event, max_frames=None, **kwargs):
             loop_run(ring, stop_event, args.warmup)
             runtime.metrics.reset()
+            middle: List[Any] = []
             if args.tracemalloc:
                 tracemalloc.start()
-                before = tracemalloc.take_snapshot()
+                before = _snapshot()
+                # a snapshot half-way: caches and free lists that fill up once (Python
+                # keeps freed tuples and floats for reuse) grow in the first half only;
+                # a leak grows in both
+                step, half, count = runtime.loop.step, max(1, args.frames // 2), [0]
+
+                def counting_step(frame):
+                    out = step(frame)
+                    count[0] += 1
+                    if count[0] == half:
+                        middle.append(_snapshot())
+                    return out
+
+                runtime.loop.step = counting_step  # type: ignore[method-assign]
             rss_before = _rss_mb()
             start = time.perf_counter()
             done = loop_run(ring, stop_event, args.frames)
             elapsed = time.perf_counter() - start
             result.update(frames=done, elapsed=elapsed, rss_before=rss_before, rss_after=_rss_mb())
             if args.tracemalloc:
-                after = tracemalloc.take_snapshot()
+                after = _snapshot()
                 grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+                top = after.compare_to(before, "lineno")[:5]
+                if middle:
+                    result["tracemalloc_growth_second_half_bytes"] = sum(
+                        s.size_diff for s in after.compare_to(middle[0], "filename")
+                    )
                 tracemalloc.stop()
                 result["tracemalloc_growth_bytes"] = grown
+                result["tracemalloc_top"] = [
+                    {
+                        "where": f"{st.traceback[0].filename}:{st.traceback[0].lineno}",
+                        "bytes": st.size_diff,
+                        "blocks": st.count_diff,
+                    }
+                    for st in top
+                ]
             return done
 
         return run
@@ -120,8 +154,10 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     snap = runtime.snapshot()
     frames = result.get("frames", 0)
     elapsed = result.get("elapsed", 0.0)
-    model_ms = sum(w.total_ms() for w in runtime.metrics.models.values())
-    process_ms = runtime.metrics.process.total_ms()
+    # over every measured frame (the windows hold only the last 1024 samples, and a
+    # model may run more or less often than once per frame)
+    model_ms = sum(w.sum_ms for w in runtime.metrics.models.values())
+    process_ms = runtime.metrics.process.sum_ms
     report: Dict[str, Any] = {
         "frames": frames,
         "fps": round(frames / elapsed, 2) if elapsed > 0 else None,
@@ -142,7 +178,7 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
         "models_ms": {
             role: {
                 "p50": round(w.percentiles([50])[0], 3),
-                "mean": round(w.total_ms() / w.count, 3),
+                "mean": round(w.sum_ms / w.count, 3),
             }
             for role, w in runtime.metrics.models.items()
             if w.count
@@ -155,6 +191,11 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     }
     if "tracemalloc_growth_bytes" in result:
         report["tracemalloc_growth_bytes"] = result["tracemalloc_growth_bytes"]
+        report["tracemalloc_top"] = result["tracemalloc_top"]
+        if "tracemalloc_growth_second_half_bytes" in result:
+            report["tracemalloc_growth_second_half_bytes"] = result[
+                "tracemalloc_growth_second_half_bytes"
+            ]
     if args.json:
         print(json.dumps(report), file=ctx.stdout)
         return 0
@@ -172,4 +213,16 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     for role, st in report["models_ms"].items():
         print(f"  model {role:<10} p50 {st['p50']} ms  mean {st['mean']} ms", file=out)
     print(f"loop overhead over model time: {report['loop_overhead_pct']} %", file=out)
+    rss = report["rss_mb"]
+    print(f"RSS      {rss['before']} MB before, {rss['after']} MB after", file=out)
+    if "tracemalloc_growth_bytes" in report:
+        print(
+            f"Python allocations grew by {report['tracemalloc_growth_bytes']} bytes, "
+            f"{report.get('tracemalloc_growth_second_half_bytes')} of them in the second half",
+            file=out,
+        )
+        for site in report["tracemalloc_top"]:
+            print(
+                f"  {site['bytes']:>+10} B {site['blocks']:>+6} blocks  {site['where']}", file=out
+            )
     return 0

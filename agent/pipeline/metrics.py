@@ -20,6 +20,7 @@ class Window:
         self._size = size
         self._next = 0
         self.count = 0
+        self.sum_ms = 0.0  # over every sample since the start, not only the window
 
     def add(self, at: float, duration_ms: float) -> None:
         i = self._next
@@ -27,6 +28,7 @@ class Window:
         self._ms[i] = duration_ms
         self._next = (i + 1) % self._size
         self.count += 1
+        self.sum_ms += duration_ms
 
     def _filled(self) -> int:
         return min(self.count, self._size)
@@ -47,7 +49,12 @@ class Window:
         return (n - 1) / span if span > 0 else None
 
     def total_ms(self) -> float:
+        """The sum over the window (the last ``size`` samples)."""
         return float(self._ms[: self._filled()].sum())
+
+    def mean_ms(self) -> Optional[float]:
+        """The mean over every sample since the start (``sum_ms / count``)."""
+        return self.sum_ms / self.count if self.count else None
 
 
 @dataclass

@@ -47,17 +47,18 @@ class ThreadPlan:
 def choose_threads(requested: int, cpu_count: int) -> ThreadPlan:
     """Intra-op threads and spinning for this machine (``requested`` 0 = choose).
 
-    Measured on a shared 2-core x86 machine (docs/benchmarks.md): 2 threads were never
-    clearly faster than 1 for the bundled nets, and 2 spinning threads were 1.4 - 2.2
-    times slower at batch 8: threads that spin while they wait take the cores that
-    other work needs.
-    So spinning is always off, and with 0 requested one core is left for capture,
-    preprocessing and MQTT: ``cores - 1``, at least 1, at most 4. (Not measured on
-    Jetson: a Nano's 4 cores give 3 threads.)
+    Measured end to end (``emotion-agent bench``, docs/benchmarks.md "Real-time
+    loop") on an otherwise idle 2-core machine: 2 threads that do not spin ran the
+    loop at 38-42 frames/s, 1 thread at 24.5-26, and 2 spinning threads (ONNX
+    Runtime's default) at 15: a thread that spins while it waits takes the core
+    that the loop's Python work needs. So spinning is always off, and with 0
+    requested every core runs inference, at most 4. (On a machine shared with other
+    heavy work, 1 thread did better; set ``models.onnxruntime_threads`` there. Not
+    measured on Jetson, whose models run on TensorRT.)
     """
     if requested > 0:
         return ThreadPlan(requested, allow_spinning=False)
-    return ThreadPlan(max(1, min(cpu_count - 1, 4)), allow_spinning=False)
+    return ThreadPlan(max(1, min(cpu_count, 4)), allow_spinning=False)
 
 
 def cpu_identity(root: Path = Path("/"), machine: Optional[str] = None) -> str:

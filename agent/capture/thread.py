@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from agent.backoff import Backoff as _Backoff
 from agent.capture.ring import FrameRing, RingClosed
 from agent.capture.sources import Source, SourceEnded, SourceError
 
@@ -25,22 +26,11 @@ class CaptureState:
     retry_in_s: Optional[float] = None
 
 
-class Backoff:
-    """Exponential backoff with +-20 % jitter: initial, 2x, 4x ... capped at maximum."""
+class Backoff(_Backoff):
+    """The camera's retry delays: exponential, with +-20 % jitter."""
 
     def __init__(self, initial: float, maximum: float, rng: Optional[random.Random] = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * (2**self.attempt))
-        self.attempt += 1
-        return base * self._rng.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.attempt = 0
+        super().__init__(initial, maximum, rng, jitter=(0.8, 1.2))
 
 
 class CaptureThread(threading.Thread):

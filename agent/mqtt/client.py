@@ -37,27 +37,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.backoff import Backoff
 from agent.config import AgentConfig
 
 log = logging.getLogger("emotion_agent.mqtt")
-
-
-class Backoff:
-    """Exponential backoff with jitter: a delay in [0.5, 1.0] x min(max, initial x 2^n)."""
-
-    def __init__(self, initial: float, maximum: float, rng: Optional[random.Random] = None) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self._rng = rng or random.Random()
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return max(self.initial * 0.5, base * self._rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,11 @@ def test_an_unwritable_state_dir_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(OutboxError, match="cannot open the outbox"):
         open_outbox(blocker / "state")
+
+
+def test_commit_retries_back_off_and_never_overflow():
+    from agent.mqtt.outbox import commit_retry_delay
+
+    assert [commit_retry_delay(n) for n in (1, 2, 3)] == [0.2, 0.4, 0.8]
+    assert commit_retry_delay(9) == 30.0
+    assert commit_retry_delay(10**6) == 30.0  # days of a failing disk

@@ -270,7 +270,7 @@ class Outbox:
                 failures = 0
             except sqlite3.Error as exc:
                 failures += 1
-                delay = min(30.0, 0.1 * 2**failures)
+                delay = commit_retry_delay(failures)
                 self._log.error("outbox commit failed (%s); retrying in %.1f s", exc, delay)
                 with self._cond:
                     if self._stopping and failures > 3:
@@ -468,3 +468,10 @@ class Outbox:
         with self._reader_lock:
             self._reader.close()
         self._db.close()
+
+
+def commit_retry_delay(failures: int) -> float:
+    """Seconds before the writer retries a failed commit (a full or failing disk):
+    0.2, 0.4 ... 30 s, with the exponent capped so that days of failures never
+    overflow a float (``0.1 * 2 ** 1100`` would, and kill the writer thread)."""
+    return min(30.0, 0.1 * 2.0 ** min(failures, 16))

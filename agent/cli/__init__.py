@@ -25,12 +25,9 @@ from agent.cli import (
     run_cmd,
 )
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, ENV_PREFIX, ConfigError
 from agent.logs import setup_logging
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 _EPILOG = f"""\
 configuration precedence (lowest to highest):

@@ -7,12 +7,11 @@ from typing import Any, Callable, Dict
 
 from agent.analyze import AnalyzeOptions, InputError, analyze_file
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE
 from agent.perception.factory import build_perception
 from agent.perception.runners import onnxruntime_runner
 from agent.perception.video import OpenCVMissing
 from engines.manifest import ManifestError, ModelIntegrityError
-
-EXIT_FAILURE = 1
 
 
 def add_parser(

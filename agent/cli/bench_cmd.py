@@ -9,13 +9,12 @@ import tracemalloc
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE
 from agent.perception.video import OpenCVMissing
 from agent.runtime import build_runtime
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
-
-EXIT_FAILURE = 1
 
 
 class CountingSink:

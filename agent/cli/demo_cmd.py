@@ -5,14 +5,12 @@ import threading
 from typing import Callable
 
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE
 from agent.demo import run_demo
 from agent.perception.video import OpenCVMissing
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def add_parser(

@@ -6,10 +6,8 @@ from typing import Callable
 
 from agent import __version__
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.doctor import DoctorEnv, render_text, run_doctor
-
-EXIT_OK = 0
-EXIT_PROBLEM = 1
 
 
 def add_parser(
@@ -44,4 +42,4 @@ def _doctor(args: argparse.Namespace, ctx: CliContext) -> int:
         print(json.dumps(report.as_json(), indent=2), file=ctx.stdout)
     else:
         render_text(report, ctx.stdout, header=f"emotion-agent {__version__} doctor")
-    return EXIT_OK if report.ok else EXIT_PROBLEM
+    return EXIT_OK if report.ok else EXIT_FAILURE

@@ -10,6 +10,7 @@ import json
 from typing import Any, Callable, Dict, Optional, Set
 
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.config import AgentConfig
 from agent.inference import engine_settings, selected_models
 from engines.cache import EngineCache, EntryStatus
@@ -22,9 +23,6 @@ from engines.prepare import (
     prepare_engines,
 )
 from engines.progress import default_reporter
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def add_parser(

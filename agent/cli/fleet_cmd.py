@@ -11,12 +11,10 @@ import uuid
 from typing import Callable
 
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.mqtt.client import ConnectionSettings, MqttConnection
 from agent.mqtt.fleet import FleetView, parse_args, send_command
 from agent.mqtt.topics import Topics
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 def add_parser(

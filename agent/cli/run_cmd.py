@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
+from agent.cli.exit_codes import EXIT_FAILURE
 from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
@@ -16,8 +17,6 @@ from agent.preview import PreviewWriter
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
-
-EXIT_FAILURE = 1
 
 
 def add_parser(

@@ -17,6 +17,7 @@ iBUG-68 indices: jaw 0-16, brows 17-26, nose 27-35, right eye 36-41, left eye
 42-47, mouth 48-67 (the subject's right and left).
 """
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -65,12 +66,31 @@ def normalize(
     return flat.astype(np.float32)
 
 
+# the eye-centre difference (left eye centre - right eye centre) as one weighted sum
+_EYE_LINE = np.zeros(68)
+_EYE_LINE[LEFT_EYE] = 1.0 / 6.0
+_EYE_LINE[RIGHT_EYE] = -1.0 / 6.0
+
+
 def _centered_aligned_rms(pts: np.ndarray) -> np.ndarray:
-    centred = pts - pts.mean(axis=1, keepdims=True)
-    eye_vec = pts[:, LEFT_EYE].mean(axis=1) - pts[:, RIGHT_EYE].mean(axis=1)  # [N, 2]
-    angle = np.arctan2(eye_vec[:, 1], eye_vec[:, 0])
-    cos, sin = np.cos(-angle), np.sin(-angle)
-    rot = np.stack([np.stack([cos, -sin], axis=1), np.stack([sin, cos], axis=1)], axis=1)
-    aligned = np.einsum("nij,nkj->nki", rot, centred)
-    rms = np.sqrt((aligned**2).sum(axis=2).mean(axis=1))
-    return aligned / np.maximum(rms, 1e-9)[:, None, None]
+    """Centre, rotate the eye line level, scale to RMS radius 1: one 2x2 matrix per face.
+
+    The rotation by minus the eye line's angle is [[cos, sin], [-sin, cos]] with
+    (cos, sin) the eye line's unit vector (no trigonometry); rotation keeps distances,
+    so the RMS radius is taken before it. The per-face scalars are computed in Python
+    (a handful of faces), the points in two array products: this runs on every frame.
+    """
+    count = pts.shape[1]
+    # ufunc reductions: np.mean and ndarray.sum add a Python layer that costs more
+    # than the arithmetic on 68 points (the same sum, then the same division)
+    centred = pts - np.add.reduce(pts, axis=1, keepdims=True) / count
+    eyes = np.matmul(_EYE_LINE, pts).tolist()  # [N, 2]
+    radius = np.sqrt(np.add.reduce(np.square(centred), axis=(1, 2)) / count).tolist()
+    transforms = []
+    for (ex, ey), rms in zip(eyes, radius):
+        length = math.hypot(ex, ey)
+        cos, sin = (ex / length, ey / length) if length > 0 else (1.0, 0.0)
+        k = 1.0 / max(rms, 1e-9)
+        # aligned = centred @ M: x' = x cos + y sin, y' = -x sin + y cos
+        transforms.append(((cos * k, -sin * k), (sin * k, cos * k)))
+    return np.matmul(centred, np.array(transforms, dtype=np.float64).reshape(-1, 2, 2))

@@ -317,3 +317,57 @@ def test_sessions_use_one_core_less_and_do_not_spin(monkeypatch):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     regressors, classificators = run(np.zeros((1, 192, 192, 3), np.float32))
     assert regressors.shape == (1, 2304 * 16) and classificators.shape == (1, 2304)
+
+
+def _reference_decode(reg, logits, anchors, size, score_threshold, iou_threshold, clip):
+    """The decoder written plainly (sigmoid of every anchor, per-cluster array greedy
+    pass): the optimised one (logit cut, per-model tables, list NMS) must agree."""
+    a = len(anchors)
+    raw = np.asarray(reg, dtype=np.float64).reshape(a, -1)
+    scores = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(logits, np.float64).reshape(a), -clip, clip)))
+    keep = np.nonzero((scores > score_threshold) & (raw[:, 2] > 0) & (raw[:, 3] > 0))[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    r, anc = raw[keep], anchors[keep]
+    scale = np.array(size, dtype=np.float64)
+    boxes = np.empty_like(r)
+    centre, half = r[:, 0:2] / scale + anc, r[:, 2:4] / scale / 2
+    boxes[:, 0:2], boxes[:, 2:4] = centre - half, centre + half
+    boxes[:, 4:] = (r[:, 4:].reshape(len(r), -1, 2) / scale + anc[:, None]).reshape(len(r), -1)
+    s = scores[keep]
+    out, remaining = [], np.arange(len(s))
+    while remaining.size:
+        top = remaining[0]
+        b = boxes[remaining]
+        w = np.clip(np.minimum(b[:, 2], b[0, 2]) - np.maximum(b[:, 0], b[0, 0]), 0, None)
+        h = np.clip(np.minimum(b[:, 3], b[0, 3]) - np.maximum(b[:, 1], b[0, 1]), 0, None)
+        inter = w * h
+        area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+        union = area + area[0] - inter
+        similar = inter / np.where(union > 0, union, 1) > iou_threshold
+        similar[0] = True
+        members = remaining[similar]
+        out.append((s[members] @ boxes[members] / s[members].sum(), float(s[top])))
+        remaining = remaining[~similar]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_decoder_agrees_with_a_plain_reference(seed):
+    rng = np.random.default_rng(seed)
+    anchors = ssd_anchors((128, 128), [8, 16, 16, 16], 2)
+    a = len(anchors)
+    reg = rng.normal(0, 4, (a, 16)).astype(np.float32)
+    reg[:, 2:4] = rng.normal(20, 12, (a, 2))  # some boxes empty (width or height <= 0)
+    logits = rng.normal(-3, 3, a).astype(np.float32)
+    # faces: a few anchors near each other with high scores (duplicates to merge)
+    for k in rng.choice(a - 4, 6, replace=False):
+        logits[k : k + 4] = rng.uniform(0, 8, 4)
+        reg[k : k + 4, 2:4] = rng.uniform(20, 40, (4, 2))
+    logits[0] = 1e6  # clipped
+    for threshold, iou, clip in ((0.5, 0.3, 100.0), (0.75, 0.5, 100.0), (0.0, 0.3, 4.0)):
+        ours = decode_blazeface(reg, logits, anchors, (128, 128), threshold, iou, clip)
+        ref = _reference_decode(reg, logits, anchors, (128, 128), threshold, iou, clip)
+        assert len(ours) == len(ref) > 0
+        for (row, score), (ref_row, ref_score) in zip(ours, ref):
+            assert score == pytest.approx(ref_score, rel=1e-12)
+            np.testing.assert_allclose(row, ref_row, rtol=1e-9, atol=1e-12)

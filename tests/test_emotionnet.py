@@ -135,6 +135,26 @@ def test_normalisation_removes_position_scale_and_roll():
         np.testing.assert_allclose(normalize(moved, NORMALIZATION), ref, atol=1e-5)
 
 
+def test_normalisation_equals_its_definition_with_angles():
+    """The runtime form (eye-line unit vector, one 2x2 matrix per face) gives the
+    features the model was trained on: atan2 of the eye line, rotate by minus it,
+    divide by the RMS radius, written plainly."""
+    rng = np.random.default_rng(11)
+    pts = rng.normal(0, 30, (9, 68, 2)) + rng.uniform(0, 900, (9, 1, 2))
+    pts[8] = 5.0  # a degenerate face: every point the same
+    centred = pts - pts.mean(axis=1, keepdims=True)
+    eye = pts[:, 42:48].mean(axis=1) - pts[:, 36:42].mean(axis=1)
+    angle = np.arctan2(eye[:, 1], eye[:, 0])
+    c, s = np.cos(-angle), np.sin(-angle)
+    x = c[:, None] * centred[..., 0] - s[:, None] * centred[..., 1]
+    y = s[:, None] * centred[..., 0] + c[:, None] * centred[..., 1]
+    aligned = np.stack([x, y], axis=-1)
+    rms = np.sqrt((aligned**2).sum(axis=2).mean(axis=1))
+    expected = (aligned / np.maximum(rms, 1e-9)[:, None, None]).reshape(9, 136)
+    np.testing.assert_allclose(normalize(pts, NORMALIZATION), expected, rtol=0, atol=1e-6)
+    assert not np.any(normalize(pts[8:], NORMALIZATION))
+
+
 def test_prediction_invariant_to_position_scale_and_roll(session):
     base = template_face(smile=0.5)
     c, s = np.cos(0.25), np.sin(0.25)

@@ -251,3 +251,56 @@ def test_landmark_outputs_map_back_to_each_crop_in_one_batch():
         np.testing.assert_array_equal(
             faceapi.landmarks_to_crop_pixels(raw[i].reshape(136), w, h), px[i]
         )
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        {"width": 112, "height": 112, "square_pad": "center"},
+        {"width": 96, "height": 64, "square_pad": "bottom_right", "color": "RGB"},
+        {"width": 80, "height": 80, "square_pad": "none", "layout": "NCHW", "value_range": "0..1"},
+        {"width": 60, "height": 60, "square_pad": "center", "color": "GRAY"},
+    ],
+)
+def test_batched_crops_equal_one_by_one_preparation(frames, pre):
+    """prepare_crops (the loop's path: warps into a uint8 staging batch, one float copy)
+    gives exactly what prepare_image gives for each crop, placements included."""
+    from engines.manifest import ImageInput
+
+    image = ImageInput(**pre)
+    frame = frames["faceapi-sample5.jpg"]
+    h, w = frame.shape[:2]
+    rng = np.random.default_rng(3)
+    boxes = []
+    for _ in range(7):
+        x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+        boxes.append((x, y, int(rng.integers(2, w - x)), int(rng.integers(2, h - y))))
+    boxes.append((10, 10, 120, 120))  # square: no padding
+    out = np.full((len(boxes), *preprocess.input_shape(image)), -1.0, np.float32)
+    staging = preprocess.crop_staging(image, len(boxes))
+    placements = preprocess.prepare_crops(frame, boxes, image, out, staging)
+    for k, (x, y, cw, ch) in enumerate(boxes):
+        single, placement = preprocess.prepare_image(frame[y : y + ch, x : x + cw], image)
+        np.testing.assert_array_equal(out[k], single)
+        assert placements[k] == placement
+
+
+def test_landmarks_follow_face_api_post_processing():
+    """Perception.landmarks maps the net's 0..1 outputs to frame pixels as face-api's
+    postProcess does (engines/faceapi.py, the reference), plus each crop's origin."""
+    det = MANIFEST.verified("tiny_face_detector")
+    lm = MANIFEST.verified("face_landmark_68")
+    rng = np.random.default_rng(5)
+    raw = rng.uniform(-0.1, 1.1, (8, 136)).astype(np.float32)
+
+    def fake_landmarks(batch):
+        return [raw[: len(batch)]]
+
+    p = Perception(runner(det.path), det.entry, fake_landmarks, lm.entry)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    boxes = [(10.5, 20.2, 210.7, 120.9, 0.9), (300, 100, 360, 260, 0.8), (600, 400, 700, 520, 0.7)]
+    points, crops, kept = p.landmarks(frame, boxes)
+    assert kept == [0, 1, 2]
+    for k, (cx, cy, cw, ch) in enumerate(crops.astype(int)):
+        expected = faceapi.landmarks_to_crop_pixels(raw[k], cw, ch) + np.array([cx, cy])
+        np.testing.assert_allclose(points[k], expected, rtol=0, atol=1e-9)

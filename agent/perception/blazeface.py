@@ -61,6 +61,77 @@ def ssd_anchors(
     return np.concatenate(centres, axis=0)
 
 
+def _logit_cut(score_threshold: float, score_clip: float) -> Tuple[bool, float]:
+    """``sigmoid(clip(x)) > t`` as a test on the raw logit ``x``: (every anchor passes,
+    cut), where otherwise ``x > cut`` decides. The sigmoid is then computed for the
+    few anchors that pass, not for all of them."""
+    if score_threshold <= 0.0:
+        return True, 0.0
+    if score_threshold >= 1.0:
+        return False, float("inf")
+    cut = float(np.log(score_threshold / (1.0 - score_threshold)))
+    if cut < -score_clip:  # even the clipped floor passes
+        return True, 0.0
+    if cut >= score_clip:  # even the clipped ceiling does not
+        return False, float("inf")
+    return False, cut
+
+
+class BlazeFaceDecoder:
+    """Decoding for one model: the anchors and the input size turned, once, into a
+    per-anchor offset row and a per-value scale, so that a frame's candidates decode
+    in a few array operations (a frame has thousands of anchors and tens of
+    candidates; on a small CPU each numpy call costs microseconds)."""
+
+    def __init__(self, anchors: np.ndarray, input_size: Tuple[int, int], values: int) -> None:
+        if values < 4 or values % 2:
+            raise ValueError(f"expected 4 + 2K values per anchor, got {values}")
+        width, height = input_size
+        pairs = values // 2
+        self.anchors = np.asarray(anchors, dtype=np.float64)
+        self.values = values
+        # value v of anchor a decodes as raw * scale[v] + offset[a, v]: positions are
+        # relative to the anchor centre, sizes (columns 2, 3) are not
+        self._scale = np.tile([1.0 / width, 1.0 / height], pairs)
+        self._offset = np.tile(self.anchors, pairs)
+        self._offset[:, 2:4] = 0.0
+
+    def candidates(
+        self,
+        regressors: np.ndarray,
+        logits: np.ndarray,
+        score_threshold: float,
+        score_clip: float = 100.0,
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """(rows [M, V]: x1, y1, x2, y2, keypoints... normalised, scores [M]) of the
+        anchors over ``score_threshold`` with a non-empty box, best first."""
+        a = self.anchors.shape[0]
+        raw = np.asarray(regressors).reshape(a, -1)
+        if raw.shape[1] != self.values:
+            raise ValueError(f"expected {self.values} values per anchor, got {raw.shape[1]}")
+        logit = np.asarray(logits).reshape(a)
+        every, cut = _logit_cut(score_threshold, score_clip)
+        keep = np.arange(a) if every else np.flatnonzero(logit > cut)
+        # MediaPipe drops empty boxes (a width or height not above 0)
+        keep = keep[np.minimum(raw[keep, 2], raw[keep, 3]) > 0]
+        if keep.size == 0:
+            return np.zeros((0, self.values)), np.zeros((0,))
+        # ufuncs, not np.clip (several times slower on a few values); a kept logit is
+        # over the cut, which is over -score_clip, unless every anchor is kept
+        x = np.minimum(logit[keep], score_clip, dtype=np.float64)
+        if every:
+            np.maximum(x, -score_clip, out=x)
+        scores = 1.0 / (1.0 + np.exp(-x))
+        order = (-scores).argsort(kind="stable")  # best first; ties keep the anchor order
+        keep, scores = keep[order], scores[order]
+        rows = raw[keep] * self._scale + self._offset[keep]  # centre, size, keypoints
+        half = rows[:, 2:4] * 0.5
+        centre = rows[:, 0:2].copy()
+        rows[:, 0:2] -= half
+        rows[:, 2:4] = centre + half
+        return rows, scores
+
+
 def decode_boxes(
     regressors: np.ndarray,
     logits: np.ndarray,
@@ -73,68 +144,83 @@ def decode_boxes(
     scores [M]) of the anchors whose score exceeds ``score_threshold`` (best first).
 
     regressors: [A * V] or [A, V] (V = 4 + 2K values per anchor); logits: [A] or [A, 1].
+    (A :class:`BlazeFaceDecoder` made once per model does the same without redoing
+    its per-anchor tables.)
     """
-    a = anchors.shape[0]
-    raw = np.asarray(regressors, dtype=np.float64).reshape(a, -1)
-    values = raw.shape[1]
-    if values < 4 or values % 2:
-        raise ValueError(f"expected 4 + 2K values per anchor, got {values}")
-    logit = np.asarray(logits, dtype=np.float64).reshape(a)
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logit, -score_clip, score_clip)))
-    positive = (raw[:, 2] > 0) & (raw[:, 3] > 0)  # MediaPipe drops empty boxes
-    keep = np.nonzero((scores > score_threshold) & positive)[0]
-    if keep.size == 0:
-        return np.zeros((0, values)), np.zeros((0,))
-    keep = keep[np.argsort(-scores[keep], kind="stable")]
-    r = raw[keep]
-    anc = anchors[keep]
-    width, height = input_size
-    scale = np.array([width, height], dtype=np.float64)
-    centre = r[:, 0:2] / scale + anc
-    half = r[:, 2:4] / scale / 2.0
-    out = np.empty_like(r)
-    out[:, 0:2] = centre - half
-    out[:, 2:4] = centre + half
-    if values > 4:
-        kps = r[:, 4:].reshape(len(keep), -1, 2) / scale + anc[:, None, :]
-        out[:, 4:] = kps.reshape(len(keep), -1)
-    return out, scores[keep]
+    values = np.asarray(regressors).size // anchors.shape[0]
+    decoder = BlazeFaceDecoder(anchors, input_size, values)
+    return decoder.candidates(regressors, logits, score_threshold, score_clip)
 
 
-def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """[M, M] IoU of every pair of boxes (x1, y1, x2, y2 in columns 0..3)."""
-    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
-    w = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
-    h = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
-    inter = w * h
-    area = (x2 - x1) * (y2 - y1)
+def _similar(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """[M, M] whether each pair's IoU exceeds ``iou_threshold`` (x1, y1, x2, y2 in
+    columns 0..3), as ``intersection > threshold * union`` (no division)."""
+    b = boxes[:, 0:4]
+    lo = np.maximum(b[:, None, 0:2], b[None, :, 0:2])  # [M, M, 2] top-left of the overlap
+    wh = np.minimum(b[:, None, 2:4], b[None, :, 2:4]) - lo
+    np.maximum(wh, 0.0, out=wh)
+    inter = wh[..., 0] * wh[..., 1]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area[:, None] + area[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return (inter > iou_threshold * union) & (union > 0)
+
+
+def weighted_nms_lists(
+    rows: Sequence[Sequence[float]], scores: Sequence[float], iou_threshold: float
+) -> List[Tuple[List[float], float]]:
+    """MediaPipe's WEIGHTED non-max suppression on rows sorted best first
+    (x1, y1, x2, y2, then any further values, which are averaged the same way):
+    [(merged row, score)], best first.
+
+    Take the best remaining detection; every remaining one whose IoU with it exceeds
+    the threshold (itself included) is removed and averaged into it, weighted by
+    score; the merged detection keeps the best score. The pairwise test is one array
+    computation; the greedy pass and the averages are plain Python on lists (a frame
+    has a few faces with a few candidates each: array calls would cost more than
+    the arithmetic).
+    """
+    m = len(scores)
+    if m == 0:
+        return []
+    similar = _similar(np.asarray(rows, dtype=np.float64), iou_threshold).tolist()
+    taken = [False] * m
+    out: List[Tuple[List[float], float]] = []
+    for i in range(m):
+        if taken[i]:
+            continue
+        row = similar[i]
+        members = [j for j in range(i + 1, m) if row[j] and not taken[j]]
+        if not members:
+            out.append(([float(v) for v in rows[i]], float(scores[i])))
+            continue
+        for j in members:
+            taken[j] = True
+        members.insert(0, i)
+        weights = [scores[j] for j in members]
+        total = sum(weights)
+        columns = zip(*(rows[j] for j in members))
+        merged = [sum(w * v for w, v in zip(weights, column)) / total for column in columns]
+        out.append((merged, float(scores[i])))
+    return out
+
+
+def weighted_nms_arrays(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
+) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`weighted_nms_lists` on arrays: (merged rows [C, V], their scores [C])."""
+    width = boxes.shape[1] if boxes.ndim == 2 else 4
+    kept = weighted_nms_lists(boxes.tolist(), scores.tolist(), iou_threshold)
+    if not kept:
+        return np.zeros((0, width)), np.zeros((0,))
+    return np.array([row for row, _ in kept]), np.array([score for _, score in kept])
 
 
 def weighted_nms(
     boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
 ) -> List[Tuple[np.ndarray, float]]:
-    """MediaPipe's WEIGHTED non-max suppression; input sorted best first (decode_boxes).
-
-    The pairwise IoU is computed once (a frame has tens of candidates, not thousands),
-    then the greedy pass only indexes it.
-    """
-    if len(scores) == 0:
-        return []
-    similar_all = _iou_matrix(boxes) > iou_threshold
-    remaining = np.arange(len(scores))
-    out: List[Tuple[np.ndarray, float]] = []
-    while remaining.size:
-        top = remaining[0]
-        similar = similar_all[top, remaining]
-        similar[0] = True  # the top detection always merges with itself
-        members = remaining[similar]
-        weights = scores[members]
-        merged = weights @ boxes[members] / weights.sum()
-        out.append((merged, float(scores[top])))
-        remaining = remaining[~similar]
-    return out
+    """:func:`weighted_nms_lists` with each merged row as an array."""
+    kept = weighted_nms_lists(boxes.tolist(), scores.tolist(), iou_threshold)
+    return [(np.array(row), score) for row, score in kept]
 
 
 def decode_blazeface(

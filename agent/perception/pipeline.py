@@ -8,18 +8,24 @@ A detector entry's ``crop`` adjustment maps its box style to the crops the landm
 net expects before cropping.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from agent.perception.blazeface import decode_blazeface, ssd_anchors
+from agent.perception.blazeface import BlazeFaceDecoder, ssd_anchors, weighted_nms_lists
 from agent.perception.faces import EmotionResult, Face
-from agent.perception.preprocess import Placement, input_shape, prepare_image
+from agent.perception.preprocess import (
+    Placement,
+    crop_staging,
+    input_shape,
+    prepare_crops,
+    prepare_image,
+)
 from engines.faceapi import (
     decode_tiny_face_detector,
     face_crop_box,
-    landmarks_to_crop_pixels_batch,
     non_max_suppression,
 )
 from engines.landmarks import normalize
@@ -85,6 +91,7 @@ class Perception:
         ):
             raise PerceptionError("a tiny_yolo_v2 detector takes a bottom/right-padded square")
         self._anchors: Optional[np.ndarray] = None
+        self._blazeface: Optional[BlazeFaceDecoder] = None  # made on the first frame
         post = detector_entry.postprocessing
         if isinstance(post, BlazeFaceDecoding):
             self._anchors = ssd_anchors(
@@ -97,6 +104,7 @@ class Perception:
         self._landmarks = landmarks
         self._lm_entry = landmarks_entry
         self._lm_pre = _image_pre(landmarks_entry, "landmark net")
+        self._lm_staging: Optional[np.ndarray] = None  # uint8 crops, made on first use
         self._emotion = emotion
         self._emotion_entry = emotion_entry
         if emotion is not None and (
@@ -195,24 +203,31 @@ class Perception:
     ) -> List[Box]:
         assert self._anchors is not None
         size = (self._det_pre.width, self._det_pre.height)
-        decoded = decode_blazeface(
-            outputs[post.regressors_output][0],
+        regressors = outputs[post.regressors_output][0]
+        if self._blazeface is None:
+            values = regressors.size // len(self._anchors)
+            self._blazeface = BlazeFaceDecoder(self._anchors, size, values)
+        candidates, scores = self._blazeface.candidates(
+            regressors,
             outputs[post.classificators_output][0],
-            self._anchors,
-            size,
-            score_threshold=self.settings.detection_threshold,
-            iou_threshold=self.settings.nms_iou,
-            score_clip=post.score_clip,
+            self.settings.detection_threshold,
+            post.score_clip,
         )
-        if not decoded:
-            return []
-        # all boxes at once: model-input pixels -> frame pixels, clipped to the frame
-        corners = np.stack([values[:4] for values, _ in decoded]) * np.tile(size, 2)
-        corners = placement.to_source(corners.reshape(-1, 2)).reshape(-1, 4)
-        np.clip(corners, 0, [frame_w, frame_h, frame_w, frame_h], out=corners)
+        kept = weighted_nms_lists(
+            candidates[:, :4].tolist(), scores.tolist(), self.settings.nms_iou
+        )
+        # model-input 0..1 -> frame pixels, clipped to the frame (a few boxes: Python)
+        kx, ky = size[0] * placement.scale_x, size[1] * placement.scale_y
+        dx, dy = placement.pad_left, placement.pad_top
         return [
-            (x1, y1, x2, y2, score)
-            for (x1, y1, x2, y2), (_, score) in zip(corners.tolist(), decoded)
+            (
+                min(max(x1 * kx - dx, 0.0), frame_w),
+                min(max(y1 * ky - dy, 0.0), frame_h),
+                min(max(x2 * kx - dx, 0.0), frame_w),
+                min(max(y2 * ky - dy, 0.0), frame_h),
+                score,
+            )
+            for (x1, y1, x2, y2), score in kept
         ]
 
     # -- landmarks ---------------------------------------------------------------
@@ -238,34 +253,46 @@ class Perception:
             if cw >= 2 and ch >= 2:
                 crops.append((cx, cy, cw, ch))
                 kept.append(i)
-        points = np.zeros((len(crops), 68, 2), dtype=np.float64)
+        points = np.empty((len(crops), 68, 2), dtype=np.float64)
         post = self._lm_entry.postprocessing
         step = _batch_limit(self._landmarks, self._lm_entry)
+        shape = input_shape(self._lm_pre)
+        if self._lm_staging is None or len(self._lm_staging) < min(step, len(crops)):
+            self._lm_staging = crop_staging(self._lm_pre, step)
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
-            shape = input_shape(self._lm_pre)
-            bound = _bound_input(self._landmarks, len(chunk), shape)
-            batch = bound if bound is not None else np.empty((len(chunk), *shape), np.float32)
-            placements = []
-            for j, (cx, cy, cw, ch) in enumerate(chunk):
-                crop = frame[cy : cy + ch, cx : cx + cw]
-                placements.append(prepare_image(crop, self._lm_pre, out=batch[j])[1])
-            if bound is not None:  # the crops were written into the engine's input
-                ran = self._landmarks.run_buffer(len(chunk))  # type: ignore[attr-defined]
-            else:
-                ran = self._landmarks(batch)
-            outputs = _outputs(self._lm_entry, ran)
-            boxes_px = np.asarray(chunk, dtype=np.float64)  # [n, 4] x, y, w, h
             n = len(chunk)
+            bound = _bound_input(self._landmarks, n, shape)
+            batch = bound if bound is not None else np.empty((n, *shape), np.float32)
+            placements = prepare_crops(frame, chunk, self._lm_pre, batch, self._lm_staging)
+            ran = (
+                self._landmarks.run_buffer(n)  # type: ignore[attr-defined]
+                if bound is not None  # the crops were written into the engine's input
+                else self._landmarks(batch)
+            )
             if isinstance(post, LandmarkDecoding):
-                raw = outputs[self._lm_entry.outputs[0].name][:n]
-                rel = landmarks_to_crop_pixels_batch(raw, boxes_px[:, 2:4], self._lm_pre.width)
+                raw = np.asarray(ran[0])[:n].reshape(n, 68, 2)
+                # face-api's postProcess: 0..1 of the square input -> crop pixels (the
+                # side times the value, less the padding before), then the crop origin
+                side = [max(cw, ch) for _, _, cw, ch in chunk]
+                origin = [
+                    (cx - (m - cw) / 2.0, cy - (m - ch) / 2.0)
+                    for (cx, cy, cw, ch), m in zip(chunk, side)
+                ]
+                np.multiply(
+                    raw,
+                    np.array(side, dtype=np.float64)[:, None, None],
+                    out=points[start : start + n],
+                )
+                points[start : start + n] += np.array(origin)[:, None, :]
             elif isinstance(post, KeypointDecoding):
+                outputs = _outputs(self._lm_entry, ran)
                 keypoints = outputs[post.keypoints_output][:n].reshape(n, -1, 2)[:, :68]
-                rel = np.stack([pl.to_source(kp) for pl, kp in zip(placements, keypoints)])
+                for k, (pl, (cx, cy, _, _)) in enumerate(zip(placements, chunk)):
+                    points[start + k] = pl.to_source(keypoints[k])
+                    points[start + k] += (cx, cy)
             else:  # pragma: no cover - the manifest validator allows no other kind
                 raise PerceptionError(f"unsupported landmark decoding {post.kind}")
-            points[start : start + n] = rel + boxes_px[:, None, 0:2]
         return points, np.asarray(crops, dtype=np.float64).reshape(-1, 4), kept
 
     # -- emotion -----------------------------------------------------------------
@@ -283,25 +310,23 @@ class Perception:
         # a frame can hold more faces than the engine's batch (tracks kept between
         # detections plus new ones): run it in chunks
         step = _batch_limit(self._emotion, entry)
-        probs = np.concatenate(
-            [
-                np.asarray(self._emotion(features[i : i + step])[0], dtype=np.float64).reshape(
-                    len(features[i : i + step]), -1
-                )
-                for i in range(0, len(features), step)
-            ]
-        )
+        rows: List[List[float]] = []
+        for i in range(0, len(features), step):
+            part = features[i : i + step]
+            rows.extend(np.asarray(self._emotion(part)[0]).reshape(len(part), -1).tolist())
         post = entry.postprocessing
-        if isinstance(post, ClassifierDecoding) and post.activation == "softmax":
-            probs = np.exp(probs - probs.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
+        softmax = isinstance(post, ClassifierDecoding) and post.activation == "softmax"
         labels = entry.labels or []
-        return [
-            EmotionResult(
-                labels[int(np.argmax(row))], {lab: float(p) for lab, p in zip(labels, row)}
-            )
-            for row in probs
-        ]
+        results = []
+        for row in rows:  # a few faces of a few classes: plain Python beats array calls
+            if softmax:
+                top = max(row)
+                row = [math.exp(v - top) for v in row]
+                total = sum(row)
+                row = [v / total for v in row]
+            best = max(range(len(row)), key=row.__getitem__)  # the first of equal maxima
+            results.append(EmotionResult(labels[best], dict(zip(labels, row))))
+        return results
 
     def process(self, frame: np.ndarray) -> List[Face]:
         boxes = self.detect(frame)

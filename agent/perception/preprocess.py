@@ -12,7 +12,7 @@ does the same sampling in ~2 ms and differs by less than one grey level
 """
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -91,6 +91,59 @@ def prepare_image(
     if pre.value_range == "0..1":
         out *= 1.0 / 255.0
     return out, Placement(float(left), float(top), sx, sy)
+
+
+def prepare_crops(
+    frame: np.ndarray,
+    boxes: Sequence[Tuple[int, int, int, int]],
+    pre: ImageInput,
+    out: np.ndarray,
+    staging: np.ndarray,
+) -> List[Placement]:
+    """Many crops of one frame -> model inputs ``out[:n]``: :func:`prepare_image` for
+    each (x, y, w, h) crop box, with the same result, batched for a loop that runs
+    it for every face of every frame.
+
+    Each crop (a view of the frame, read in place) is warped straight into
+    ``staging`` (uint8 [>= n, height, width, channels before GRAY]: one per model,
+    allocated once), then the whole batch is converted to float32 in one copy.
+    """
+    cv2 = cv2_module()
+    n = len(boxes)
+    width, height = pre.width, pre.height
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    placements = []
+    for j, (x, y, w, h) in enumerate(boxes):
+        top, bottom, left, right = _pads(h, w, pre.square_pad)
+        sx, sy = (w + left + right) / float(width), (h + top + bottom) / float(height)
+        padded = top or bottom or left or right
+        cv2.warpAffine(
+            frame[y : y + h, x : x + w],
+            np.array([[sx, 0.0, -float(left)], [0.0, sy, -float(top)]]),
+            (width, height),
+            dst=staging[j],
+            flags=flags,
+            borderMode=cv2.BORDER_CONSTANT if padded else cv2.BORDER_REPLICATE,
+            borderValue=0,
+        )
+        placements.append(Placement(float(left), float(top), sx, sy))
+    batch = staging[:n]
+    if pre.color == "RGB":
+        batch = batch[..., ::-1]
+    elif pre.color == "GRAY":
+        batch = np.stack([cv2.cvtColor(item, cv2.COLOR_BGR2GRAY) for item in batch])[..., None]
+    if pre.layout == "NCHW":
+        batch = batch.transpose(0, 3, 1, 2)
+    target = out[:n]
+    np.copyto(target, batch, casting="unsafe")
+    if pre.value_range == "0..1":
+        target *= 1.0 / 255.0
+    return placements
+
+
+def crop_staging(pre: ImageInput, count: int) -> np.ndarray:
+    """The uint8 buffer :func:`prepare_crops` warps ``count`` crops into."""
+    return np.zeros((count, pre.height, pre.width, 3), dtype=np.uint8)
 
 
 def input_shape(pre: ImageInput) -> Tuple[int, int, int]:

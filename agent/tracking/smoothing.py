@@ -8,8 +8,6 @@ distribution, reaches ``min_confidence`` and beats the current label by
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from agent.tracking.tracker import Track
 
 
@@ -23,14 +21,17 @@ class EmotionSmoother:
         self.margin = margin
 
     def observe(self, track: Track, probs: Sequence[float]) -> Optional[Tuple[Optional[str], str]]:
-        """Fold one frame's probabilities in; return (old, new) when the label changes."""
-        new = np.asarray(probs, dtype=np.float64)
+        """Fold one frame's probabilities in; return (old, new) when the label changes.
+
+        Plain Python floats: a few labels per face, every face of every frame."""
+        new = [float(p) for p in probs]
         if track.probs is None:
-            track.probs = new.copy()
+            track.probs = new
         else:
-            track.probs *= 1.0 - self.alpha
-            track.probs += self.alpha * new
-        best = int(np.argmax(track.probs))
+            keep, alpha = 1.0 - self.alpha, self.alpha
+            track.probs = [keep * old + alpha * p for old, p in zip(track.probs, new)]
+        smoothed = track.probs
+        best = max(range(len(smoothed)), key=smoothed.__getitem__)  # the first of equal maxima
         best_label = self.labels[best]
         if track.label is None:
             track.label = best_label
@@ -38,8 +39,8 @@ class EmotionSmoother:
         if best_label == track.label:
             return None
         current = self.labels.index(track.label)
-        lead = track.probs[best] - track.probs[current]
-        if track.probs[best] >= self.min_confidence and lead >= self.margin:
+        lead = smoothed[best] - smoothed[current]
+        if smoothed[best] >= self.min_confidence and lead >= self.margin:
             old, track.label = track.label, best_label
             return old, best_label
         return None

@@ -34,7 +34,7 @@ class Track:
     hits: int = 1
     confirmed: bool = False
     # emotion state, owned by the smoother
-    probs: Optional[np.ndarray] = None
+    probs: Optional[List[float]] = None  # smoothed, one per label
     label: Optional[str] = None
     last_summary: float = 0.0
     last_secondary: float = 0.0
@@ -59,10 +59,16 @@ class IoUTracker:
     def update(self, boxes: Sequence[Detection], now: float) -> TrackUpdate:
         """Match this frame's detections (x1, y1, x2, y2, score) at time ``now``."""
         pairs = []
+        threshold = self.iou_threshold
         for ti, track in enumerate(self.tracks):
+            tx1, ty1, tx2, ty2 = track.bbox
             for di, box in enumerate(boxes):
-                overlap = iou(track.bbox, box[:4])
-                if overlap >= self.iou_threshold:
+                # most pairs are different faces: skip those whose boxes do not touch
+                apart = box[0] >= tx2 or box[2] <= tx1 or box[1] >= ty2 or box[3] <= ty1
+                if apart and threshold > 0:
+                    continue
+                overlap = iou(track.bbox, box)
+                if overlap >= threshold:
                     pairs.append((overlap, ti, di))
         pairs.sort(key=lambda p: -p[0])
         used_t, used_d = set(), set()

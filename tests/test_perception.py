@@ -54,6 +54,24 @@ def test_fast_preprocessing_matches_face_api_exact_replica(frames):
     assert float(np.abs(fast - exact).max()) <= 1.0
 
 
+@pytest.mark.parametrize("shape", [(720, 1280), (1280, 720), (768, 768), (480, 768)])
+def test_whole_number_scales_equal_face_api_exactly(frames, shape):
+    """1280x720 -> 256 (the default camera and detector) samples every 5th pixel:
+    the nearest-neighbour fast path must give exactly face-api's bilinear result."""
+    from engines.manifest import ImageInput
+
+    h, w = shape
+    photo = frames["faceapi-sample5.jpg"]
+    frame = np.ascontiguousarray(
+        np.tile(photo, (h // photo.shape[0] + 1, w // photo.shape[1] + 1, 1))[:h, :w]
+    )
+    for pad in ("center", "bottom_right"):
+        pre = ImageInput(width=256, height=256, square_pad=pad)
+        ours, _ = preprocess.prepare_image(frame, pre)
+        exact = faceapi.resize_bilinear_tf(faceapi.pad_to_square(frame, pad == "center"), 256, 256)
+        np.testing.assert_array_equal(ours, exact)
+
+
 def test_detects_the_faces_in_the_sample_photos(frames):
     p = perception()
     counts = {name: len(p.process(frame)) for name, frame in frames.items()}

@@ -54,42 +54,94 @@ def _pads(h: int, w: int, mode: str) -> Tuple[int, int, int, int]:
     return (0, 0, before, after) if h > w else (before, after, 0, 0)
 
 
+def _covered(size: int, scale: float, before: int, extent: int) -> Tuple[int, int]:
+    """The destination indices [first, end) along one axis whose sample
+    ``d * scale - before`` lies in (-1, extent): only those can read a source pixel;
+    every other one samples the zero padding alone (and comes out exactly 0)."""
+    first = max(0, int(np.floor((before - 1) / scale)) + 1)
+    while first > 0 and (first - 1) * scale - before > -1:
+        first -= 1
+    while first < size and first * scale - before <= -1:
+        first += 1
+    end = min(size, int(np.ceil((extent + before) / scale)))
+    while end < size and end * scale - before < extent:
+        end += 1
+    while end > first and (end - 1) * scale - before >= extent:
+        end -= 1
+    return first, max(first, end)
+
+
+def _sample(
+    image: np.ndarray,
+    scale: Tuple[float, float],
+    pads: Tuple[int, int],
+    rows: Tuple[int, int],
+    cols: Tuple[int, int],
+    size: Tuple[int, int],
+    padded: bool,
+) -> np.ndarray:
+    """The uint8 destination block rows x cols: destination (u, v) samples source
+    (u * sx - left, v * sy - top), bilinear, zero outside the image."""
+    cv2 = cv2_module()
+    (sx, sy), (left, top), (v0, v1), (u0, u1) = scale, pads, rows, cols
+    if sx.is_integer() and sy.is_integer():
+        # every sample lands on a whole pixel (1280x720 -> 256: every 5th): bilinear
+        # is a strided pick, which a nearest-neighbour resize of the right window
+        # makes at a third of the warp's cost
+        kx, ky = int(sx), int(sy)
+        r0, c0 = v0 * ky - top, u0 * kx - left
+        r1, c1 = r0 + (v1 - v0) * ky, c0 + (u1 - u0) * kx
+        if r0 >= 0 and c0 >= 0 and r1 <= image.shape[0] and c1 <= image.shape[1]:
+            return cv2.resize(
+                image[r0:r1, c0:c1], (u1 - u0, v1 - v0), interpolation=cv2.INTER_NEAREST
+            )
+    border = cv2.BORDER_CONSTANT if padded else cv2.BORDER_REPLICATE
+    inverse = np.array([[sx, 0.0, -float(left)], [0.0, sy, -float(top)]])
+    # the whole destination: a warp of only the rows that see the image would round
+    # its coordinates differently (up to one grey level)
+    whole = cv2.warpAffine(
+        image, inverse, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border
+    )
+    return whole[v0:v1, u0:u1]
+
+
 def prepare_image(
     image: np.ndarray, pre: ImageInput, out: Optional[np.ndarray] = None
 ) -> Tuple[np.ndarray, Placement]:
     """BGR uint8 [H, W, 3] -> one model input ([h, w, c] or [c, h, w] float32) and its placement.
 
-    The zero padding is not materialised: one affine warp samples the image as if it
-    were padded (pixels outside it read as 0), so a frame or a face crop (a view of
-    the frame) is read in place, with no copy before the resize.
+    The zero padding is not materialised: the image is sampled as if it were padded
+    (pixels outside it read as 0), so a frame or a face crop (a view of the frame)
+    is read in place, with no copy before the resize. Only the block of the output
+    that sees the image is sampled and converted; the bands that see padding alone
+    are zero-filled (a 16:9 frame letterboxed into a square: 44 % of the output).
     """
     cv2 = cv2_module()
     h, w = image.shape[:2]
     top, bottom, left, right = _pads(h, w, pre.square_pad)
     ph, pw = h + top + bottom, w + left + right
     sx, sy = pw / float(pre.width), ph / float(pre.height)
-    # destination (u, v) samples source (u * sx - left, v * sy - top)
-    inverse = np.array([[sx, 0.0, -float(left)], [0.0, sy, -float(top)]], dtype=np.float64)
-    border = cv2.BORDER_CONSTANT if (top or bottom or left or right) else cv2.BORDER_REPLICATE
-    resized = cv2.warpAffine(
-        image,
-        inverse,
-        (pre.width, pre.height),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=border,
-        borderValue=0,
-    )
-    if pre.color == "RGB":
-        resized = resized[:, :, ::-1]
-    elif pre.color == "GRAY":
-        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[:, :, None]
-    if pre.layout == "NCHW":
-        resized = resized.transpose(2, 0, 1)
     if out is None:
-        out = np.empty(resized.shape, dtype=np.float32)
-    np.copyto(out, resized, casting="unsafe")
-    if pre.value_range == "0..1":
-        out *= 1.0 / 255.0
+        out = np.empty(input_shape(pre), dtype=np.float32)
+    hwc = out.transpose(1, 2, 0) if pre.layout == "NCHW" else out  # a view either way
+    v0, v1 = _covered(pre.height, sy, top, h) if top or bottom else (0, pre.height)
+    u0, u1 = _covered(pre.width, sx, left, w) if left or right else (0, pre.width)
+    hwc[:v0] = 0
+    hwc[v1:] = 0
+    hwc[v0:v1, :u0] = 0
+    hwc[v0:v1, u1:] = 0
+    if v1 > v0 and u1 > u0:
+        padded = bool(top or bottom or left or right)
+        size = (pre.width, pre.height)
+        block = _sample(image, (sx, sy), (left, top), (v0, v1), (u0, u1), size, padded)
+        if pre.color == "RGB":
+            block = block[:, :, ::-1]
+        elif pre.color == "GRAY":
+            block = cv2.cvtColor(block, cv2.COLOR_BGR2GRAY)[:, :, None]
+        target = hwc[v0:v1, u0:u1]
+        np.copyto(target, block, casting="unsafe")
+        if pre.value_range == "0..1":
+            target *= 1.0 / 255.0
     return out, Placement(float(left), float(top), sx, sy)
 
 

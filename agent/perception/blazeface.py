@@ -155,7 +155,8 @@ def decode_boxes(
 
 def _similar(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
     """[M, M] whether each pair's IoU exceeds ``iou_threshold`` (x1, y1, x2, y2 in
-    columns 0..3), as ``intersection > threshold * union`` (no division)."""
+    columns 0..3), as ``intersection > threshold * union`` (no division; a pair
+    whose union is not positive has IoU 0)."""
     b = boxes[:, 0:4]
     lo = np.maximum(b[:, None, 0:2], b[None, :, 0:2])  # [M, M, 2] top-left of the overlap
     wh = np.minimum(b[:, None, 2:4], b[None, :, 2:4]) - lo

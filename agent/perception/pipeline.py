@@ -113,6 +113,10 @@ class Perception:
             raise PerceptionError("the emotion model must take landmarks68 input")
         self.settings = settings
         self._det_buf = np.zeros((1, *input_shape(self._det_pre)), dtype=np.float32)
+        # fixed per model: worked out once, not on every frame
+        self._lm_shape = input_shape(self._lm_pre)
+        self._lm_step = _batch_limit(landmarks, landmarks_entry)
+        self._emotion_step = _batch_limit(emotion, emotion_entry) if emotion_entry else 1
 
     # -- detection -------------------------------------------------------------
 
@@ -255,8 +259,7 @@ class Perception:
                 kept.append(i)
         points = np.empty((len(crops), 68, 2), dtype=np.float64)
         post = self._lm_entry.postprocessing
-        step = _batch_limit(self._landmarks, self._lm_entry)
-        shape = input_shape(self._lm_pre)
+        step, shape = self._lm_step, self._lm_shape
         if self._lm_staging is None or len(self._lm_staging) < min(step, len(crops)):
             self._lm_staging = crop_staging(self._lm_pre, step)
         for start in range(0, len(crops), step):
@@ -309,7 +312,7 @@ class Perception:
             features = features[:, :, None]
         # a frame can hold more faces than the engine's batch (tracks kept between
         # detections plus new ones): run it in chunks
-        step = _batch_limit(self._emotion, entry)
+        step = self._emotion_step
         rows: List[List[float]] = []
         for i in range(0, len(features), step):
             part = features[i : i + step]

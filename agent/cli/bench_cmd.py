@@ -1,6 +1,7 @@
 """``emotion-agent bench``: run the real loop for N frames and report its figures."""
 
 import argparse
+import gc
 import json
 import os
 import threading
@@ -63,8 +64,12 @@ def add_parser(
 
 
 def _snapshot() -> "tracemalloc.Snapshot":
-    """A tracemalloc snapshot without tracemalloc's own allocations (an earlier
-    snapshot's traces are otherwise counted as growth)."""
+    """A tracemalloc snapshot of live Python memory: after a full collection (which
+    also empties CPython's free lists: freed tuples, lists and floats kept for reuse
+    would otherwise count as memory still held where they were first allocated),
+    without tracemalloc's own allocations (an earlier snapshot's traces are
+    otherwise counted as growth)."""
+    gc.collect()
     ignore = tracemalloc.Filter(False, tracemalloc.__file__)
     return tracemalloc.take_snapshot().filter_traces([ignore])
 

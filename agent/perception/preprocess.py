@@ -176,15 +176,18 @@ def prepare_crops(
         top, bottom, left, right = _pads(h, w, pre.square_pad)
         sx, sy = (w + left + right) / float(width), (h + top + bottom) / float(height)
         padded = top or bottom or left or right
-        cv2.warpAffine(
+        target = staging[j]
+        warped = cv2.warpAffine(
             frame[y : y + h, x : x + w],
             np.array([[sx, 0.0, -float(left)], [0.0, sy, -float(top)]]),
             (width, height),
-            dst=staging[j],
+            dst=target,
             flags=flags,
             borderMode=cv2.BORDER_CONSTANT if padded else cv2.BORDER_REPLICATE,
             borderValue=0,
         )
+        if warped is not target and not np.shares_memory(warped, target):
+            target[...] = warped  # an OpenCV build that did not write into dst
         placements.append(Placement(float(left), float(top), sx, sy))
     batch = staging[:n]
     if pre.color == "RGB":

@@ -322,3 +322,25 @@ def test_landmarks_follow_face_api_post_processing():
     for k, (cx, cy, cw, ch) in enumerate(crops.astype(int)):
         expected = faceapi.landmarks_to_crop_pixels(raw[k], cw, ch) + np.array([cx, cy])
         np.testing.assert_allclose(points[k], expected, rtol=0, atol=1e-9)
+
+
+def test_batched_crops_survive_an_opencv_that_ignores_dst(frames, monkeypatch):
+    """Some OpenCV builds return a new array instead of writing into ``dst``: the
+    crops must still land in the batch."""
+    from engines.manifest import ImageInput
+
+    real = cv2.warpAffine
+
+    def fresh(src, m, dsize, dst=None, **kwargs):
+        return real(src, m, dsize, **kwargs)  # never writes into dst
+
+    monkeypatch.setattr(cv2, "warpAffine", fresh)
+    image = ImageInput(width=112, height=112, square_pad="center")
+    frame = frames["faceapi-sample5.jpg"]
+    boxes = [(100, 120, 130, 110), (300, 50, 90, 140)]
+    out = np.zeros((2, 112, 112, 3), np.float32)
+    preprocess.prepare_crops(frame, boxes, image, out, preprocess.crop_staging(image, 2))
+    for k, (x, y, w, h) in enumerate(boxes):
+        np.testing.assert_array_equal(
+            out[k], preprocess.prepare_image(frame[y : y + h, x : x + w], image)[0]
+        )

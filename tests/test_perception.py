@@ -329,12 +329,16 @@ def test_batched_crops_survive_an_opencv_that_ignores_dst(frames, monkeypatch):
     crops must still land in the batch."""
     from engines.manifest import ImageInput
 
-    real = cv2.warpAffine
+    real_warp, real_convert = cv2.warpAffine, cv2.cvtColor
 
-    def fresh(src, m, dsize, dst=None, **kwargs):
-        return real(src, m, dsize, **kwargs)  # never writes into dst
+    def fresh_warp(src, m, dsize, dst=None, **kwargs):
+        return real_warp(src, m, dsize, **kwargs)  # never writes into dst
 
-    monkeypatch.setattr(cv2, "warpAffine", fresh)
+    def fresh_convert(src, code, dst=None):
+        return real_convert(src, code)  # never writes into dst
+
+    monkeypatch.setattr(cv2, "warpAffine", fresh_warp)
+    monkeypatch.setattr(cv2, "cvtColor", fresh_convert)
     image = ImageInput(width=112, height=112, square_pad="center")
     frame = frames["faceapi-sample5.jpg"]
     boxes = [(100, 120, 130, 110), (300, 50, 90, 140)]
@@ -344,3 +348,30 @@ def test_batched_crops_survive_an_opencv_that_ignores_dst(frames, monkeypatch):
         np.testing.assert_array_equal(
             out[k], preprocess.prepare_image(frame[y : y + h, x : x + w], image)[0]
         )
+
+
+def test_four_channel_warp_is_bit_identical_to_the_plain_warp():
+    """Face crops are warped as BGRA (OpenCV vectorises 1- and 4-channel bilinear
+    remaps only): the result must be exactly the 3-channel warp's, for any scale,
+    sub-pixel offset and border, and with or without ``dst``."""
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    quad_paths = 0
+    for _ in range(300):
+        w, h = (int(v) for v in rng.integers(2, 300, 2))
+        x, y = int(rng.integers(0, 640 - w)), int(rng.integers(0, 480 - h))
+        size = (int(rng.integers(8, 160)), int(rng.integers(8, 160)))
+        sx, sy = rng.uniform(0.2, 4.0, 2)
+        inverse = np.array([[sx, 0.0, -rng.uniform(0, 30)], [0.0, sy, -rng.uniform(0, 30)]])
+        border = cv2.BORDER_CONSTANT if rng.random() < 0.5 else cv2.BORDER_REPLICATE
+        source = frame[y : y + h, x : x + w]
+        expected = cv2.warpAffine(
+            source, inverse, size, flags=flags, borderMode=border, borderValue=0
+        )
+        np.testing.assert_array_equal(preprocess._warp(source, inverse, size, border), expected)
+        into = np.zeros((size[1], size[0], 3), np.uint8)
+        preprocess._warp(source, inverse, size, border, dst=into)
+        np.testing.assert_array_equal(into, expected)
+        quad_paths += w * h <= preprocess._QUAD_AREA_RATIO * size[0] * size[1]
+    assert 50 < quad_paths < 250  # both paths were exercised

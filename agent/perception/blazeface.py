@@ -153,20 +153,6 @@ def decode_boxes(
     return decoder.candidates(regressors, logits, score_threshold, score_clip)
 
 
-def _similar(boxes: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """[M, M] whether each pair's IoU exceeds ``iou_threshold`` (x1, y1, x2, y2 in
-    columns 0..3), as ``intersection > threshold * union`` (no division; a pair
-    whose union is not positive has IoU 0)."""
-    b = boxes[:, 0:4]
-    lo = np.maximum(b[:, None, 0:2], b[None, :, 0:2])  # [M, M, 2] top-left of the overlap
-    wh = np.minimum(b[:, None, 2:4], b[None, :, 2:4]) - lo
-    np.maximum(wh, 0.0, out=wh)
-    inter = wh[..., 0] * wh[..., 1]
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area[:, None] + area[None] - inter
-    return (inter > iou_threshold * union) & (union > 0)
-
-
 def weighted_nms_lists(
     rows: Sequence[Sequence[float]], scores: Sequence[float], iou_threshold: float
 ) -> List[Tuple[List[float], float]]:
@@ -176,34 +162,51 @@ def weighted_nms_lists(
 
     Take the best remaining detection; every remaining one whose IoU with it exceeds
     the threshold (itself included) is removed and averaged into it, weighted by
-    score; the merged detection keeps the best score. The pairwise test is one array
-    computation; the greedy pass and the averages are plain Python on lists (a frame
-    has a few faces with a few candidates each: array calls would cost more than
-    the arithmetic).
+    score; the merged detection keeps the best score. IoU > t is tested as
+    ``intersection > t * union`` (no division; a pair whose union is not positive
+    has IoU 0). Plain Python on lists: a frame has a few faces with a few candidates
+    each, and each comparison is a handful of float operations, which array calls
+    would cost more than.
     """
-    m = len(scores)
-    if m == 0:
-        return []
-    similar = _similar(np.asarray(rows, dtype=np.float64), iou_threshold).tolist()
-    taken = [False] * m
+    boxes = [(r[0], r[1], r[2], r[3]) for r in rows]
+    areas = [(x2 - x1) * (y2 - y1) for x1, y1, x2, y2 in boxes]
+    remaining = list(range(len(boxes)))
     out: List[Tuple[List[float], float]] = []
-    for i in range(m):
-        if taken[i]:
-            continue
-        row = similar[i]
-        members = [j for j in range(i + 1, m) if row[j] and not taken[j]]
-        if not members:
-            out.append(([float(v) for v in rows[i]], float(scores[i])))
-            continue
-        for j in members:
-            taken[j] = True
-        members.insert(0, i)
-        weights = [scores[j] for j in members]
-        total = sum(weights)
-        columns = zip(*(rows[j] for j in members))
-        merged = [sum(w * v for w, v in zip(weights, column)) / total for column in columns]
-        out.append((merged, float(scores[i])))
+    while remaining:
+        top = remaining[0]
+        tx1, ty1, tx2, ty2 = boxes[top]
+        top_area = areas[top]
+        members, rest = [top], []
+        for j in remaining[1:]:
+            x1, y1, x2, y2 = boxes[j]
+            # min and max as conditional expressions: builtin calls cost more here
+            w = (tx2 if tx2 < x2 else x2) - (tx1 if tx1 > x1 else x1)
+            h = (ty2 if ty2 < y2 else y2) - (ty1 if ty1 > y1 else y1)
+            inter = w * h if w > 0.0 and h > 0.0 else 0.0
+            union = top_area + areas[j] - inter
+            if union > 0.0 and inter > iou_threshold * union:
+                members.append(j)
+            else:
+                rest.append(j)
+        remaining = rest
+        if len(members) == 1:
+            out.append(([float(v) for v in rows[top]], float(scores[top])))
+        else:
+            out.append((_weighted_mean(rows, scores, members), float(scores[top])))
     return out
+
+
+def _weighted_mean(
+    rows: Sequence[Sequence[float]], scores: Sequence[float], members: List[int]
+) -> List[float]:
+    """The score-weighted mean of ``rows[members]``, summed in member order."""
+    total = 0.0
+    sums = [0.0] * len(rows[members[0]])
+    for j in members:
+        weight = scores[j]
+        total += weight
+        sums = [acc + weight * v for acc, v in zip(sums, rows[j])]
+    return [v / total for v in sums]
 
 
 def weighted_nms_arrays(

@@ -5,6 +5,7 @@ preallocated arrays, so recording allocates nothing; percentiles are computed
 when a snapshot is taken.
 """
 
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -15,8 +16,11 @@ class Window:
     """The last ``size`` (timestamp, duration_ms) samples in two ring arrays."""
 
     def __init__(self, size: int = 1024) -> None:
-        self._t = np.zeros(size, dtype=np.float64)
-        self._ms = np.zeros(size, dtype=np.float64)
+        # array('d'), not numpy: ``add`` runs several times a frame, and storing a float
+        # in an array.array costs a fraction of a numpy item assignment; the snapshot
+        # reads them as numpy arrays without a copy
+        self._t = array("d", bytes(8 * size))
+        self._ms = array("d", bytes(8 * size))
         self._size = size
         self._next = 0
         self.count = 0
@@ -30,6 +34,10 @@ class Window:
         self.count += 1
         self.sum_ms += duration_ms
 
+    @staticmethod
+    def _values(samples: "array[float]", n: int) -> np.ndarray:
+        return np.frombuffer(samples, dtype=np.float64, count=n)
+
     def _filled(self) -> int:
         return min(self.count, self._size)
 
@@ -37,20 +45,20 @@ class Window:
         n = self._filled()
         if n == 0:
             return None
-        return [float(v) for v in np.percentile(self._ms[:n], qs)]
+        return [float(v) for v in np.percentile(self._values(self._ms, n), qs)]
 
     def rate(self) -> Optional[float]:
         """Samples per second over the window (needs two samples)."""
         n = self._filled()
         if n < 2:
             return None
-        times = self._t[:n]
+        times = self._values(self._t, n)
         span = float(times.max() - times.min())
         return (n - 1) / span if span > 0 else None
 
     def total_ms(self) -> float:
         """The sum over the window (the last ``size`` samples)."""
-        return float(self._ms[: self._filled()].sum())
+        return float(self._values(self._ms, self._filled()).sum())
 
     def mean_ms(self) -> Optional[float]:
         """The mean over every sample since the start (``sum_ms / count``)."""

@@ -134,6 +134,44 @@ def test_two_faces_keep_their_ids_while_moving():
     assert {t.id for t in loop.tracker.tracks} == {1, 2}
 
 
+def test_tracker_matches_like_a_plain_iou_matcher():
+    """The tracker's inlined overlap test gives the matches a plain matcher built on
+    ``iou()`` gives (greedy, best pairs first), on random scenes with crowds, touching
+    and coincident boxes, for thresholds from 0 up."""
+    from agent.tracking.tracker import iou
+
+    rng = np.random.default_rng(21)
+    for threshold in (0.0, 0.1, 0.3, 0.7):
+        tracker = IoUTracker(threshold, timeout_s=1e9, min_hits=1)
+        for frame in range(60):
+            boxes = []
+            for _ in range(int(rng.integers(0, 7))):
+                x, y = rng.uniform(0, 200, 2).round(int(rng.integers(0, 3)))
+                w, h = rng.uniform(0, 60, 2).round(int(rng.integers(0, 3)))
+                boxes.append((x, y, x + w, y + h, 0.9))
+            if boxes and rng.random() < 0.3:
+                boxes.append(boxes[0])  # a coincident box
+            tracks = list(tracker.tracks)
+            pairs = sorted(
+                (
+                    (iou(t.bbox, b), ti, di)
+                    for ti, t in enumerate(tracks)
+                    for di, b in enumerate(boxes)
+                    if iou(t.bbox, b) >= threshold and (threshold <= 0 or iou(t.bbox, b) > 0)
+                ),
+                key=lambda p: -p[0],
+            )
+            expected, used_t, used_d = {}, set(), set()
+            for _, ti, di in pairs:
+                if ti not in used_t and di not in used_d:
+                    used_t.add(ti)
+                    used_d.add(di)
+                    expected[di] = tracks[ti].id
+            update = tracker.update(boxes, float(frame))
+            got = {di: t.id for t, di in update.matched if t in tracks}
+            assert got == expected, (threshold, frame)
+
+
 def test_detection_every_nth_frame_tracks_in_between():
     perception = ScriptedPerception([[FACE]], [[NEUTRAL]])
     loop, sink, _ = run_script(perception, 30, detect_every_n=5)

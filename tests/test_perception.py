@@ -213,6 +213,50 @@ def test_more_faces_than_the_engine_batch_run_in_chunks(tmp_path, frames):
         )
 
 
+def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, frames):
+    """The detector input's letterbox bands are zero-filled only when the frame size
+    changes (or the buffer does); whatever the sequence of sizes, the engine's bound
+    buffer and the plain runner's buffer hold exactly a freshly prepared input."""
+    from agent.config import AgentConfig
+    from agent.inference import prepare_runners, runner_factory
+    from agent.perception.factory import build_perception
+
+    config = AgentConfig.model_validate(
+        {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
+    )
+    runners = prepare_runners(config, MANIFEST)
+    detector = runners[config.models.detector]
+    bound = build_perception(config, runner_factory(runners), MANIFEST)
+    plain = build_perception(config, lambda model: runner(model.path), MANIFEST)
+    pre = MANIFEST.resolve(config.models.detector).entry.preprocessing
+    calls = []
+    real = preprocess.prepare_image
+
+    def spy(image, pre, out=None, padding_clean=False):
+        calls.append(padding_clean)
+        return real(image, pre, out, padding_clean)
+
+    base = frames["faceapi-sample5.jpg"]
+    rng = np.random.default_rng(4)
+    shapes = [(720, 1280), (720, 1280), (480, 640), (1280, 720), (1280, 720), (720, 1280)]
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("agent.perception.pipeline.prepare_image", spy)
+            for h, w in shapes:
+                frame = cv2.resize(base, (w, h))
+                frame[rng.random((h, w)) < 0.2] = 255  # what lands in the bands if unfilled
+                expected, _ = real(frame, pre)
+                bound.detect(frame)
+                np.testing.assert_array_equal(detector.input_buffer(1)[0], expected)
+                plain.detect(frame)
+                np.testing.assert_array_equal(plain._det_buf[0], expected)
+    finally:
+        for r in runners.values():
+            r.backend.close()
+    # per perception: filled on the first frame and on every change of size only
+    assert calls[0::2] == calls[1::2] == [False, True, False, False, True, False]
+
+
 def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     """The daemon's runners (engines backends): preprocessing writes straight into the
     engines' bound input buffers, so that per frame only the emotion features (a few

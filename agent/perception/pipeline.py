@@ -113,6 +113,7 @@ class Perception:
             raise PerceptionError("the emotion model must take landmarks68 input")
         self.settings = settings
         self._det_buf = np.zeros((1, *input_shape(self._det_pre)), dtype=np.float32)
+        self._det_filled: Optional[Tuple[int, Tuple[int, ...]]] = None  # see detect()
         # fixed per model: worked out once, not on every frame
         self._lm_shape = input_shape(self._lm_pre)
         self._lm_step = _batch_limit(landmarks, landmarks_entry)
@@ -128,11 +129,17 @@ class Perception:
         """
         h, w = frame.shape[:2]
         buf = _bound_input(self._detector, 1, self._det_buf.shape[1:])
-        if buf is not None:  # write straight into the engine's input (no copy)
-            _, placement = prepare_image(frame, self._det_pre, out=buf[0])
+        # write straight into the engine's input where it has one (no copy)
+        target = buf[0] if buf is not None else self._det_buf[0]
+        # the padding bands of a buffer last filled for a frame of this size are still
+        # zero (only this method writes into it): they are not filled again
+        filled = (target.__array_interface__["data"][0], frame.shape)
+        clean, self._det_filled = filled == self._det_filled, None
+        _, placement = prepare_image(frame, self._det_pre, out=target, padding_clean=clean)
+        self._det_filled = filled
+        if buf is not None:
             outputs = _outputs(self._det_entry, self._detector.run_buffer(1))  # type: ignore[attr-defined]
         else:
-            _, placement = prepare_image(frame, self._det_pre, out=self._det_buf[0])
             outputs = _outputs(self._det_entry, self._detector(self._det_buf))
         post = self._det_entry.postprocessing
         s = self.settings

@@ -149,7 +149,10 @@ _QUAD_AREA_RATIO = 4
 
 
 def prepare_image(
-    image: np.ndarray, pre: ImageInput, out: Optional[np.ndarray] = None
+    image: np.ndarray,
+    pre: ImageInput,
+    out: Optional[np.ndarray] = None,
+    padding_clean: bool = False,
 ) -> Tuple[np.ndarray, Placement]:
     """BGR uint8 [H, W, 3] -> one model input ([h, w, c] or [c, h, w] float32) and its placement.
 
@@ -157,7 +160,10 @@ def prepare_image(
     (pixels outside it read as 0), so a frame or a face crop (a view of the frame)
     is read in place, with no copy before the resize. Only the block of the output
     that sees the image is sampled and converted; the bands that see padding alone
-    are zero-filled (a 16:9 frame letterboxed into a square: 44 % of the output).
+    are zero-filled (a 16:9 frame letterboxed into a square: 44 % of the output),
+    unless ``padding_clean`` says that ``out`` already holds them: the last call
+    that wrote into it had an image of the same size, and nothing else writes there
+    (the loop's detector input, every frame).
     """
     cv2 = cv2_module()
     h, w = image.shape[:2]
@@ -169,10 +175,11 @@ def prepare_image(
     hwc = out.transpose(1, 2, 0) if pre.layout == "NCHW" else out  # a view either way
     v0, v1 = _covered(pre.height, sy, top, h) if top or bottom else (0, pre.height)
     u0, u1 = _covered(pre.width, sx, left, w) if left or right else (0, pre.width)
-    hwc[:v0] = 0
-    hwc[v1:] = 0
-    hwc[v0:v1, :u0] = 0
-    hwc[v0:v1, u1:] = 0
+    if not padding_clean:
+        hwc[:v0] = 0
+        hwc[v1:] = 0
+        hwc[v0:v1, :u0] = 0
+        hwc[v0:v1, u1:] = 0
     if v1 > v0 and u1 > u0:
         padded = bool(top or bottom or left or right)
         size = (pre.width, pre.height)

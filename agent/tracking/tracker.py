@@ -60,14 +60,22 @@ class IoUTracker:
         """Match this frame's detections (x1, y1, x2, y2, score) at time ``now``."""
         pairs = []
         threshold = self.iou_threshold
+        # iou() inlined (the same operations in the same order): a few tracks times a
+        # few detections on every frame, where a call per pair costs more than the sum
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
         for ti, track in enumerate(self.tracks):
             tx1, ty1, tx2, ty2 = track.bbox
+            track_area = (tx2 - tx1) * (ty2 - ty1)
             for di, box in enumerate(boxes):
+                x1, y1, x2, y2 = box[0], box[1], box[2], box[3]
                 # most pairs are different faces: skip those whose boxes do not touch
-                apart = box[0] >= tx2 or box[2] <= tx1 or box[1] >= ty2 or box[3] <= ty1
-                if apart and threshold > 0:
+                if threshold > 0 and (x1 >= tx2 or x2 <= tx1 or y1 >= ty2 or y2 <= ty1):
                     continue
-                overlap = iou(track.bbox, box)
+                w = max(0.0, min(tx2, x2) - max(tx1, x1))
+                h = max(0.0, min(ty2, y2) - max(ty1, y1))
+                inter = w * h
+                union = track_area + areas[di] - inter
+                overlap = inter / union if union > 0 else 0.0
                 if overlap >= threshold:
                     pairs.append((overlap, ti, di))
         pairs.sort(key=lambda p: -p[0])

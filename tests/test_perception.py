@@ -217,6 +217,8 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     """The detector input's letterbox bands are zero-filled only when the frame size
     changes (or the buffer does); whatever the sequence of sizes, the engine's bound
     buffer and the plain runner's buffer hold exactly a freshly prepared input."""
+    import ctypes
+
     from agent.config import AgentConfig
     from agent.inference import prepare_runners, runner_factory
     from agent.perception.factory import build_perception
@@ -250,6 +252,16 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
                 np.testing.assert_array_equal(detector.input_buffer(1)[0], expected)
                 plain.detect(frame)
                 np.testing.assert_array_equal(plain._det_buf[0], expected)
+        # a different buffer at the same address (as a freed one's memory can be
+        # reused), full of other data: filled again, the owner is what counts
+        old = plain._det_buf
+        memory = (ctypes.c_float * old.size).from_address(old.ctypes.data)
+        alias = np.ctypeslib.as_array(memory).reshape(old.shape)  # owned elsewhere
+        assert alias.ctypes.data == old.ctypes.data
+        alias.fill(7.0)
+        plain._det_buf = alias
+        plain.detect(frame)
+        np.testing.assert_array_equal(alias[0], expected)
     finally:
         for r in runners.values():
             r.backend.close()

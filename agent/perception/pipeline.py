@@ -113,7 +113,7 @@ class Perception:
             raise PerceptionError("the emotion model must take landmarks68 input")
         self.settings = settings
         self._det_buf = np.zeros((1, *input_shape(self._det_pre)), dtype=np.float32)
-        self._det_filled: Optional[Tuple[int, Tuple[int, ...]]] = None  # see detect()
+        self._det_filled: Optional[Tuple[np.ndarray, int, Tuple[int, ...]]] = None  # detect()
         # fixed per model: worked out once, not on every frame
         self._lm_shape = input_shape(self._lm_pre)
         self._lm_step = _batch_limit(landmarks, landmarks_entry)
@@ -132,11 +132,14 @@ class Perception:
         # write straight into the engine's input where it has one (no copy)
         target = buf[0] if buf is not None else self._det_buf[0]
         # the padding bands of a buffer last filled for a frame of this size are still
-        # zero (only this method writes into it): they are not filled again
-        filled = (target.__array_interface__["data"][0], frame.shape)
-        clean, self._det_filled = filled == self._det_filled, None
+        # zero (only this method writes into it): they are not filled again. The
+        # buffer's owner is held, so that no other buffer can take its address.
+        owner = _owner(target)
+        address = target.__array_interface__["data"][0]
+        last, self._det_filled = self._det_filled, None
+        clean = last is not None and last[0] is owner and last[1:] == (address, frame.shape)
         _, placement = prepare_image(frame, self._det_pre, out=target, padding_clean=clean)
-        self._det_filled = filled
+        self._det_filled = (owner, address, frame.shape)
         if buf is not None:
             outputs = _outputs(self._det_entry, self._detector.run_buffer(1))  # type: ignore[attr-defined]
         else:
@@ -357,6 +360,13 @@ def _batch_limit(runner: Runner, entry: ModelEntry) -> int:
     engine built for a smaller ``models.max_batch``) says so."""
     limit = getattr(runner, "max_batch", None)
     return max(1, min(entry.max_batch, limit) if isinstance(limit, int) else entry.max_batch)
+
+
+def _owner(array: np.ndarray) -> np.ndarray:
+    """The array that owns the memory ``array`` views (itself if it owns it)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
 
 
 def _bound_input(runner: Runner, batch: int, shape: Sequence[int]) -> Optional[np.ndarray]:

@@ -7,11 +7,19 @@ otherwise), samples VmRSS from /proc every --interval seconds, stops it with
 SIGTERM, and prints a JSON summary: RSS after the warm-up, at the end, the
 maximum, and the least-squares slope in MB per hour over the post-warm-up
 samples (flat memory: a slope near 0). Events go to a file, counted at the end.
+
+Each sample also splits the resident memory by kind of mapping (from
+/proc/PID/smaps): the main heap, anonymous mappings (glibc's per-thread malloc
+arenas, ONNX Runtime's and numpy's large buffers) and file mappings (libraries,
+models). The summary lists every step (a rise of more than --step-mb between two
+samples) with the kind that grew, so that a one-time growth can be told from a trend
+and placed.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 
 def rss_mb(pid: int) -> float:
@@ -28,6 +36,48 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     raise RuntimeError("no VmRSS")
+
+
+def memory_split_kb(smaps: str) -> Dict[str, int]:
+    """Resident KB by kind of mapping in a /proc/PID/smaps text: heap, anon, file."""
+    split = {"heap": 0, "anon": 0, "file": 0}
+    kind = "file"
+    for line in smaps.splitlines():
+        match = _MAPPING.match(line)
+        if match:
+            name = match.group(1).strip()
+            if name == "[heap]":
+                kind = "heap"
+            elif name == "" or name.startswith("[anon"):
+                kind = "anon"
+            else:
+                kind = "file"  # files, and [stack], [vdso] and the like
+        elif line.startswith("Rss:"):
+            split[kind] += int(line.split()[1])
+    return split
+
+
+_MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$")
+
+
+def memory_steps(
+    samples: List[Tuple[float, float, Dict[str, int]]], threshold_mb: float
+) -> List[Dict[str, object]]:
+    """Rises of RSS above ``threshold_mb`` between consecutive samples, with the kind
+    of mapping that grew most."""
+    steps: List[Dict[str, object]] = []
+    for (t0, r0, s0), (t1, r1, s1) in zip(samples, samples[1:]):
+        if r1 - r0 > threshold_mb:
+            grew = max(s1, key=lambda k: s1[k] - s0.get(k, 0)) if s1 else None
+            steps.append(
+                {
+                    "from_s": round(t0, 1),
+                    "to_s": round(t1, 1),
+                    "mb": round(r1 - r0, 2),
+                    "kind": grew,
+                }
+            )
+    return steps
 
 
 def slope_per_hour(samples: List[Tuple[float, float]]) -> float:
@@ -48,6 +98,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
     parser.add_argument("--out", type=Path, default=Path("build/soak.csv"))
     parser.add_argument("--mqtt", action="store_true", help="publish to a local mosquitto")
+    parser.add_argument(
+        "--step-mb", type=float, default=0.5, help="a rise between samples reported as a step"
+    )
     parser.add_argument("agent_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     extra = [a for a in args.agent_args if a != "--"]
@@ -78,13 +131,21 @@ def main() -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     start = time.monotonic()
     samples: List[Tuple[float, float]] = []
+    split_samples: List[Tuple[float, float, Dict[str, int]]] = []
     with open(args.out, "w") as csv:
-        csv.write("seconds,rss_mb\n")
+        csv.write("seconds,rss_mb,heap_mb,anon_mb,file_mb\n")
         while time.monotonic() - start < args.minutes * 60 and proc.poll() is None:
             t = time.monotonic() - start
-            r = rss_mb(proc.pid)
+            try:
+                r = rss_mb(proc.pid)
+                with open(f"/proc/{proc.pid}/smaps") as handle:
+                    split = memory_split_kb(handle.read())
+            except OSError:  # the agent exited between poll() and the read
+                break
             samples.append((t, r))
-            csv.write(f"{t:.1f},{r:.2f}\n")
+            split_samples.append((t, r, split))
+            mb = [split[k] / 1024.0 for k in ("heap", "anon", "file")]
+            csv.write(f"{t:.1f},{r:.2f},{mb[0]:.2f},{mb[1]:.2f},{mb[2]:.2f}\n")
             csv.flush()
             time.sleep(args.interval)
     alive = proc.poll() is None
@@ -107,6 +168,7 @@ def main() -> int:
         "rss_mb_end": round(samples[-1][1], 1) if samples else None,
         "rss_mb_max_after_warmup": round(max(r for _, r in after), 1) if after else None,
         "rss_slope_mb_per_hour": round(slope_per_hour(after), 2),
+        "rss_steps": memory_steps([x for x in split_samples if x[0] >= args.warmup], args.step_mb),
         "events": n_events,
         "mqtt": args.mqtt,
         "log_tail": Path(args.out.with_suffix(".log")).read_text().splitlines()[-1:],

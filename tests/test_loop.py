@@ -157,7 +157,7 @@ def test_tracker_matches_like_a_plain_iou_matcher():
                     (iou(t.bbox, b), ti, di)
                     for ti, t in enumerate(tracks)
                     for di, b in enumerate(boxes)
-                    if iou(t.bbox, b) >= threshold and (threshold <= 0 or iou(t.bbox, b) > 0)
+                    if iou(t.bbox, b) >= threshold
                 ),
                 key=lambda p: -p[0],
             )

@@ -130,8 +130,7 @@ def main() -> int:
     log = open(args.out.with_suffix(".log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     start = time.monotonic()
-    samples: List[Tuple[float, float]] = []
-    split_samples: List[Tuple[float, float, Dict[str, int]]] = []
+    samples: List[Tuple[float, float, Dict[str, int]]] = []  # seconds, RSS MB, split KB
     with open(args.out, "w") as csv:
         csv.write("seconds,rss_mb,heap_mb,anon_mb,file_mb\n")
         while time.monotonic() - start < args.minutes * 60 and proc.poll() is None:
@@ -142,8 +141,7 @@ def main() -> int:
                     split = memory_split_kb(handle.read())
             except OSError:  # the agent exited between poll() and the read
                 break
-            samples.append((t, r))
-            split_samples.append((t, r, split))
+            samples.append((t, r, split))
             mb = [split[k] / 1024.0 for k in ("heap", "anon", "file")]
             csv.write(f"{t:.1f},{r:.2f},{mb[0]:.2f},{mb[1]:.2f},{mb[2]:.2f}\n")
             csv.flush()
@@ -155,7 +153,8 @@ def main() -> int:
     if broker is not None:
         broker.terminate()
         broker.wait(timeout=10)
-    after = [(t, r) for t, r in samples if t >= args.warmup]
+    warm = [x for x in samples if x[0] >= args.warmup]
+    after = [(t, r) for t, r, _ in warm]
     with open(events) as handle:
         n_events = sum(1 for _ in handle)
     summary = {
@@ -168,7 +167,7 @@ def main() -> int:
         "rss_mb_end": round(samples[-1][1], 1) if samples else None,
         "rss_mb_max_after_warmup": round(max(r for _, r in after), 1) if after else None,
         "rss_slope_mb_per_hour": round(slope_per_hour(after), 2),
-        "rss_steps": memory_steps([x for x in split_samples if x[0] >= args.warmup], args.step_mb),
+        "rss_steps": memory_steps(warm, args.step_mb),
         "events": n_events,
         "mqtt": args.mqtt,
         "log_tail": Path(args.out.with_suffix(".log")).read_text().splitlines()[-1:],

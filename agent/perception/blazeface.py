@@ -209,17 +209,6 @@ def _weighted_mean(
     return [v / total for v in sums]
 
 
-def weighted_nms_arrays(
-    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
-) -> Tuple[np.ndarray, np.ndarray]:
-    """:func:`weighted_nms_lists` on arrays: (merged rows [C, V], their scores [C])."""
-    width = boxes.shape[1] if boxes.ndim == 2 else 4
-    kept = weighted_nms_lists(boxes.tolist(), scores.tolist(), iou_threshold)
-    if not kept:
-        return np.zeros((0, width)), np.zeros((0,))
-    return np.array([row for row, _ in kept]), np.array([score for _, score in kept])
-
-
 def weighted_nms(
     boxes: np.ndarray, scores: np.ndarray, iou_threshold: float
 ) -> List[Tuple[np.ndarray, float]]:

@@ -155,7 +155,8 @@ def build_runtime(
         pace=pace,
         jetson=detect_platform().is_jetson,
     )
-    ring = FrameRing(3, lossless=lossless)
+    # one more slot when the detector runs a frame ahead: it holds a frame of its own
+    ring = FrameRing(4 if p.overlap_detection else 3, lossless=lossless)
     states: List[CaptureState] = []
 
     def state_changed(state: CaptureState) -> None:
@@ -186,7 +187,7 @@ def build_runtime(
         IoUTracker(p.track_iou, p.track_timeout_s),
         EmotionSmoother(labels, p.smoothing_alpha, p.emotion_min_confidence),
         sink,
-        LoopSettings(p.detect_every_n, p.summary_interval_s, p.max_fps),
+        LoopSettings(p.detect_every_n, p.summary_interval_s, p.max_fps, p.overlap_detection),
         metrics,
         secondary,
         clock=clock,

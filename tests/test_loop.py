@@ -192,14 +192,16 @@ def test_events_are_valid_wire_messages():
     assert abs(sum(data["scores"].values()) - 1) < 1e-3 and data["latency_ms"] >= 0
 
 
-def test_slow_stage_drops_frames_instead_of_building_latency():
-    """Capture at ~200 frames/s, detection takes 30 ms: frames are dropped, latency stays low."""
-    ring = FrameRing(3)
+@pytest.mark.parametrize("overlap", [False, True])
+def test_slow_stage_drops_frames_instead_of_building_latency(overlap):
+    """Capture at ~200 frames/s, detection takes 30 ms: frames are dropped, latency stays low
+    (with the detector a frame ahead too: it holds one frame, never a queue)."""
+    ring = FrameRing(4 if overlap else 3)
     source = open_source("synthetic://", 160, 120, 200)
     capture = CaptureThread(source, ring, Backoff(0.1, 0.1))
     perception = ScriptedPerception([[FACE]], [[NEUTRAL]], delay=0.03)
     sink = ListSink()
-    loop = make_loop(perception, sink, time.monotonic)
+    loop = make_loop(perception, sink, time.monotonic, overlap=overlap)
     capture.start()
     processed = loop.run(ring, threading.Event(), max_frames=15)
     capture.stop()
@@ -318,9 +320,11 @@ def test_run_stops_cleanly_on_sigterm(manifest):
     assert "stopped after" in err
 
 
-def test_bench_json(manifest):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_bench_json(manifest, overlap):
     res = run_cli([*common(manifest), "bench", "--source", "synthetic://", "--frames", "30",
-                   "--warmup", "5", "--json"])  # fmt: skip
+                   "--warmup", "5", "--json",
+                   "--set", f"pipeline.overlap_detection={str(overlap).lower()}"])  # fmt: skip
     assert res.code == 0, res.err
     report = json.loads(res.out)
     assert report["frames"] == 30 and report["dropped"] == 0 and report["fps"] > 0
@@ -330,9 +334,20 @@ def test_bench_json(manifest):
         assert set(stage) == {"fps", "p50_ms", "p95_ms"}
     assert report["backend"] == "onnxruntime" and report["faces_per_frame"] > 0
     # the means and the overhead cover every measured frame, not only the last window
-    assert report["loop_overhead_pct"] > 0
     for model in report["models_ms"].values():
         assert model["mean"] > 0
+    assert report["overlap"] is overlap
+    assert report["period_ms"] == pytest.approx(1000 / report["fps"], rel=0.01)
+    if overlap:
+        # a reference pass without the overlap measures the models' own time; the
+        # overhead compares the overlapped loop's time per frame with it
+        ref = report["reference"]
+        assert ref["frames"] == 30 and ref["loop_overhead_pct"] > 0
+        own = ref["models_ms_per_frame"]
+        expected = 100 * (report["period_ms"] - own) / own
+        assert report["loop_overhead_pct"] == pytest.approx(expected, abs=0.05)
+    else:
+        assert "reference" not in report and report["loop_overhead_pct"] > 0
 
 
 def test_bench_tracemalloc_reports_growth_per_half_and_where(manifest):

@@ -206,6 +206,12 @@ class PipelineConfig(Section):
     max_fps: Optional[float] = Field(
         None, gt=0, le=240, description="Cap on processed frames per second; unset = no cap."
     )
+    overlap_detection: bool = Field(
+        True,
+        description="Run the detector on the next frame while the current one finishes "
+        "(more frames/s when the loop is saturated, up to one frame's wait of latency); "
+        "false: each frame through every stage before the next.",
+    )
     secondary: SecondaryConfig = Field(default_factory=SecondaryConfig)
 
 

@@ -343,6 +343,7 @@ def test_bench_json(manifest, overlap):
         # overhead compares the overlapped loop's time per frame with it
         ref = report["reference"]
         assert ref["frames"] == 30 and ref["loop_overhead_pct"] > 0
+        assert ref["faces_per_frame"] > 0  # the passes see different frames: compare
         own = ref["models_ms_per_frame"]
         expected = 100 * (report["period_ms"] - own) / own
         assert report["loop_overhead_pct"] == pytest.approx(expected, abs=0.05)

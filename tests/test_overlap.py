@@ -327,3 +327,20 @@ def test_pacing_spaces_the_frames_taken_by_max_fps():
     # 100 ms between takes: each detection took 20 ms, so 80 ms of sleep before the
     # next (and before looking for a fifth frame, which finds the end)
     assert sleeps == [0.08, 0.08, 0.08, 0.08]
+
+
+def test_a_dead_detection_thread_ends_the_loop_with_an_error(caplog):
+    """Only a bug can end the thread (a failed detection is handed over): the loop
+    then fails loudly (the daemon logs it and stops; systemd restarts the agent)
+    instead of idling without frames."""
+
+    class BrokenRing(FrameRing):
+        def take(self, timeout=None):
+            raise OSError("broken ring")
+
+    perception = IndexedPerception(lambda i: [FACE], lambda i: [NEUTRAL])
+    loop = make_loop(perception, ListSink(), overlap=True)
+    with pytest.raises(RuntimeError, match="detection thread ended"):
+        loop.run(BrokenRing(4, lossless=True), threading.Event())
+    failed = [r for r in caplog.records if r.getMessage() == "the detection thread failed"]
+    assert failed and "broken ring" in str(failed[0].exc_info[1])

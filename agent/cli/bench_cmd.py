@@ -91,10 +91,12 @@ def _pass_figures(runtime: Any, frames: int, elapsed: float) -> Dict[str, Any]:
     and the loop's overhead over it (the time it spent on a frame outside the
     models). Sums over every frame of the pass: the windows keep only the last
     1024 samples, and a model may run more or less often than once per frame."""
-    model_ms = sum(w.sum_ms for w in runtime.metrics.models.values())
-    process_ms = runtime.metrics.process.sum_ms
+    m = runtime.metrics
+    model_ms = sum(w.sum_ms for w in m.models.values())
+    process_ms = m.process.sum_ms
     return {
         "frames": frames,
+        "faces_per_frame": round(m.faces / m.frames_processed, 3) if m.frames_processed else 0.0,
         "fps": round(frames / elapsed, 2) if elapsed > 0 and frames else None,
         "period_ms": round(1000.0 * elapsed / frames, 3) if frames else None,
         "models_ms_per_frame": round(model_ms / frames, 3) if frames else None,
@@ -255,7 +257,8 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
         print(f"  model {role:<10} p50 {st['p50']} ms  mean {st['mean']} ms", file=out)
     if reference is not None:
         print(
-            f"reference pass without overlap: {reference['fps']} frames/s, models "
+            f"reference pass without overlap: {reference['fps']} frames/s, "
+            f"{reference['faces_per_frame']} faces/frame, models "
             f"{reference['models_ms_per_frame']} ms a frame, "
             f"{reference['loop_overhead_pct']} % overhead",
             file=out,

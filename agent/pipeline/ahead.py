@@ -17,6 +17,7 @@ the ring. When the ring closes (the source ended, capture stopped), the frames
 already taken are handed over first, then the end.
 """
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class Detected:
 
 
 _END = object()
+
+log = logging.getLogger("emotion_agent.pipeline")
 
 
 class DetectAhead:
@@ -130,6 +133,12 @@ class DetectAhead:
             return True
 
     def _work(self) -> None:
+        try:
+            self._frames()
+        except Exception:  # a bug: logged here, and the loop fails (not alive)
+            log.exception("the detection thread failed")
+
+    def _frames(self) -> None:
         last_take: Optional[float] = None
         while not self._halt.is_set():
             if self._min_period and last_take is not None:

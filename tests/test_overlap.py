@@ -16,6 +16,7 @@ from agent.perception.faces import EmotionResult
 from agent.pipeline.ahead import DetectAhead
 from agent.pipeline.loop import Loop, LoopSettings
 from agent.tracking import EmotionSmoother, IoUTracker
+from tests.test_loop import ListSink
 
 LABELS = ["neutral", "happy", "surprise"]
 FACE = (100.0, 100.0, 200.0, 200.0, 0.9)
@@ -86,17 +87,6 @@ class IndexedPerception:
     def classify(self, points, crops):
         probs = self._emotions(self._current)[: len(points)]
         return [EmotionResult(LABELS[int(np.argmax(p))], dict(zip(LABELS, p))) for p in probs]
-
-
-class ListSink:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def close(self):
-        pass
 
 
 def make_loop(perception, sink, heartbeat=lambda: None, **settings) -> Loop:

@@ -68,7 +68,7 @@ class ScriptedPerception:
         ]
 
 
-def make_loop(perception, sink, clock, **settings):
+def make_loop(perception, sink, clock, heartbeat=lambda: None, **settings):
     return Loop(
         perception,
         IoUTracker(iou_threshold=0.3, timeout_s=1.0, min_hits=2),
@@ -77,6 +77,7 @@ def make_loop(perception, sink, clock, **settings):
         LoopSettings(**settings),
         clock=clock,
         wall_clock=lambda: 1_700_000_000.0 + clock(),
+        heartbeat=heartbeat,
     )
 
 

@@ -14,11 +14,10 @@ from agent.capture import FrameRing
 from agent.capture.ring import RingClosed
 from agent.perception.faces import EmotionResult
 from agent.pipeline.ahead import DetectAhead
-from agent.pipeline.loop import Loop, LoopSettings
-from agent.tracking import EmotionSmoother, IoUTracker
-from tests.test_loop import ListSink
+from agent.pipeline.loop import Loop
+from tests.test_loop import LABELS, ListSink
+from tests.test_loop import make_loop as loop_for_tests
 
-LABELS = ["neutral", "happy", "surprise"]
 FACE = (100.0, 100.0, 200.0, 200.0, 0.9)
 NEUTRAL, HAPPY = [0.8, 0.1, 0.1], [0.1, 0.85, 0.05]
 SHAPE = (8, 8, 3)
@@ -90,14 +89,7 @@ class IndexedPerception:
 
 
 def make_loop(perception, sink, heartbeat=lambda: None, **settings) -> Loop:
-    return Loop(
-        perception,
-        IoUTracker(iou_threshold=0.3, timeout_s=1.0, min_hits=2),
-        EmotionSmoother(LABELS, alpha=0.5, min_confidence=0.6),
-        sink,
-        LoopSettings(**settings),
-        heartbeat=heartbeat,
-    )
+    return loop_for_tests(perception, sink, time.monotonic, heartbeat, **settings)
 
 
 def script_boxes(i: int) -> list:

@@ -242,3 +242,24 @@ def test_the_wheel_holds_every_module_and_bundled_file(agent_wheel):
     }
     missing = sorted(expected - names)
     assert not missing, f"not in the wheel: {missing}"
+
+
+@pytest.mark.skipif(tomllib is None, reason="tomllib is Python 3.11+; CI also runs 3.11")
+def test_the_licence_is_a_file_not_a_deprecated_table():
+    """setuptools >= 77 warns (three times a build) that ``project.license`` as a TOML
+    table is deprecated; its replacement (an SPDX string) needs setuptools >= 77,
+    which Python 3.8 cannot run. The LICENSE file carries the licence on both."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "license" not in project
+    assert not any(c.startswith("License ::") for c in project.get("classifiers", []))
+    assert "Apache License" in (REPO / "LICENSE").read_text()[:200]
+
+
+def test_the_wheel_carries_the_licence_file(agent_wheel):
+    (wheel,) = agent_wheel.glob("emotion_agent-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        text = archive.read(metadata).decode()
+    assert "License-File: LICENSE" in text
+    assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)

@@ -6,7 +6,7 @@
 - ``rtsp://...``: IP camera; GStreamer (rtspsrc, low latency, hardware decoding on
   Jetson) when OpenCV has it, else FFmpeg over TCP without buffering.
 - ``file:///path``: a video (loops or ends) or an image (repeated at ``fps``).
-- ``synthetic://``: the bundled sample photos panned across the frame.
+- ``synthetic://``: the bundled sample photos, panned like a camera (no camera needed).
 
 A source reads the next frame INTO a caller's buffer when it can (no allocation
 per frame); it raises :class:`SourceError` when the device fails (the capture

@@ -6,6 +6,7 @@ from typing import Callable
 
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
+from agent.config.models import SYNTHETIC_DESCRIPTION
 from agent.demo import run_demo
 from agent.perception.video import OpenCVMissing
 from engines.backend import EngineError
@@ -21,7 +22,7 @@ def add_parser(
         "demo",
         help="the whole agent on the bundled sample photos with an embedded broker",
         description=(
-            "Run the real loop on the synthetic camera (the bundled sample photos, panned) for "
+            "Run the real loop on the synthetic:// camera (" + SYNTHETIC_DESCRIPTION + ") for "
             "a few seconds, publishing through the outbox to an embedded MQTT broker on a free "
             "loopback port, and print every message as a subscriber sees it (topic and JSON "
             "payload): status, events, telemetry, and the answer to a ping command. Nothing "

@@ -32,6 +32,21 @@ DEFAULT_CONFIG_PATH = Path("/etc/emotion-agent/config.yaml")
 
 CAMERA_SCHEMES = ("csi", "v4l2", "rtsp", "rtsps", "file", "synthetic")
 
+#: What ``synthetic://`` is, in the words every command and page uses.
+SYNTHETIC_DESCRIPTION = "the bundled sample photos, panned like a camera (no camera needed)"
+
+
+def camera_uri(value: str) -> str:
+    """A camera source as a URI: a bare ``/dev/videoN`` becomes ``v4l2:///dev/videoN``
+    and a bare file path ``file://`` with its absolute path (as jetson-inference and
+    ffmpeg take them); a URI with a scheme is returned as it is."""
+    text = value.strip()
+    if not text or urlsplit(text).scheme:
+        return value
+    if re.fullmatch(r"/dev/video\d+", text):
+        return f"v4l2://{text}"
+    return "file://" + str(Path(text).expanduser().absolute())
+
 # models.detector profiles -> bundled manifest names, chosen by measurement
 # (docs/benchmarks.md, "Face detectors"): "accurate" finds the most faces at every
 # size; "fast" costs about half and misses faces that fill most of the frame.
@@ -80,7 +95,10 @@ class CameraConfig(Section):
         "synthetic://",
         description=(
             "Camera URI: csi://0 (Jetson CSI via nvarguscamerasrc), v4l2:///dev/video0 (USB), "
-            "rtsp://host/path, file:///path/to/video-or-image, synthetic:// (test pattern)."
+            "rtsp://host/path, file:///path/to/video-or-image, synthetic:// ("
+            + SYNTHETIC_DESCRIPTION
+            + "). A bare path is taken as file:// (made absolute), a bare /dev/videoN as "
+            "v4l2://."
         ),
     )
     width: int = Field(1280, ge=64, le=7680, description="Capture width in pixels.")
@@ -97,8 +115,16 @@ class CameraConfig(Section):
     @field_validator("source")
     @classmethod
     def _source_uri(cls, value: str, info: ValidationInfo) -> str:
+        bare = not urlsplit(value).scheme
+        value = camera_uri(value)
         parts = urlsplit(value)
         scheme = parts.scheme.lower()
+        if not value.strip():
+            raise ValueError(
+                "camera.source is empty; use one of "
+                + ", ".join(s + "://" for s in CAMERA_SCHEMES)
+                + " or a file path"
+            )
         if scheme not in CAMERA_SCHEMES:
             raise ValueError(
                 f"unsupported camera URI scheme {parts.scheme!r}; use one of "
@@ -113,7 +139,15 @@ class CameraConfig(Section):
         if scheme == "file":
             if not parts.path:
                 raise ValueError("file:// needs an absolute path, for example file:///data/a.mp4")
-            _check_readable(Path(parts.path), info)
+            try:
+                _check_readable(Path(parts.path), info)
+            except ValueError as exc:
+                if not bare:
+                    raise
+                raise ValueError(
+                    f"{exc} (a source without a scheme is read as a file path; cameras are "
+                    "csi://0, v4l2:///dev/video0, rtsp://host/path, synthetic://)"
+                ) from None
         return value
 
     @model_validator(mode="after")

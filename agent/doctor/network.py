@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, Optional
 from urllib.parse import urlsplit
 
-from agent.config.models import CameraConfig, MQTTConfig
+from agent.config.models import SYNTHETIC_DESCRIPTION, CameraConfig, MQTTConfig
 from agent.doctor.report import CheckResult, fail, ok, warn
 from agent.platform import PlatformInfo
 
@@ -148,7 +148,7 @@ def check_camera(
     parts = urlsplit(cfg.source)
     scheme = parts.scheme.lower()
     if scheme == "synthetic":
-        return ok(name, "synthetic:// test pattern: nothing to open")
+        return ok(name, f"synthetic://: {SYNTHETIC_DESCRIPTION}; nothing to open")
     if scheme == "file":
         path = Path(parts.path)
         if not path.is_file():

@@ -51,7 +51,7 @@ def test_uris_with_a_scheme_are_unchanged():
 
 
 def test_an_empty_source_is_refused_in_plain_words():
-    with pytest.raises(ValueError, match="camera.source is empty"):
+    with pytest.raises(ValueError, match=r"camera\.source is empty"):
         config("")
 
 
@@ -64,7 +64,7 @@ def test_a_path_from_the_command_line_and_the_file(tmp_path):
     path.write_text(f"camera:\n  source: {clip}\n")
     assert load_config(str(path)).config.camera.source == f"file://{clip}"
     path.write_text("camera:\n  source: /data/absent.mp4\n")
-    with pytest.raises(ConfigError, match="camera.source: file not found"):
+    with pytest.raises(ConfigError, match=r"camera\.source: file not found"):
         load_config(str(path))
 
 

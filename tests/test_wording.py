@@ -12,7 +12,9 @@ def _flat(text: str) -> str:
 
 
 def test_synthetic_source_has_one_description_everywhere(tmp_path):
-    doctor = network.check_camera(CameraConfig(source="synthetic://"), PlatformInfo(is_jetson=False))
+    doctor = network.check_camera(
+        CameraConfig(source="synthetic://"), PlatformInfo(is_jetson=False)
+    )
     demo_help = run_cli(["demo", "--help"]).out
     places = {
         "doctor": doctor.message,

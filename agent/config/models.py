@@ -47,6 +47,7 @@ def camera_uri(value: str) -> str:
         return f"v4l2://{text}"
     return "file://" + str(Path(text).expanduser().absolute())
 
+
 # models.detector profiles -> bundled manifest names, chosen by measurement
 # (docs/benchmarks.md, "Face detectors"): "accurate" finds the most faces at every
 # size; "fast" costs about half and misses faces that fill most of the frame.

@@ -111,7 +111,7 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.overrides.append(f"camera.source={args.source}")
     if args.backend:
         ctx.overrides.append(f"models.backend={args.backend}")
-    config = ctx.load().config
+    config = ctx.load(writes=True).config
     sink = CountingSink()
     try:
         runtime = build_runtime(

@@ -99,7 +99,7 @@ def _flatten(data: Any, prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[st
 
 
 def _show(args: argparse.Namespace, ctx: CliContext) -> int:
-    loaded = ctx.load()
+    loaded = ctx.load(announce=True)
     data: Dict[str, Any] = loaded.config.masked()
     if args.sources:
         for path, value in _flatten(data):

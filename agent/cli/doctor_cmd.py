@@ -37,7 +37,7 @@ def add_parser(
 
 
 def _doctor(args: argparse.Namespace, ctx: CliContext) -> int:
-    report = run_doctor(lambda: ctx.load(), DoctorEnv(logger=ctx.logger))
+    report = run_doctor(lambda: ctx.load(announce=True), DoctorEnv(logger=ctx.logger))
     if args.json:
         print(json.dumps(report.as_json(), indent=2), file=ctx.stdout)
     else:

@@ -110,7 +110,7 @@ def _environment(ctx: CliContext) -> EngineEnvironment:
 
 
 def _build(args: argparse.Namespace, ctx: CliContext) -> int:
-    config = ctx.load().config
+    config = ctx.load(writes=True).config
     manifest = _manifest(config, ctx)
     if manifest is None:
         return EXIT_FAILURE

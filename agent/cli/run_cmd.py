@@ -55,7 +55,7 @@ def add_parser(
 
 
 def _run(args: argparse.Namespace, ctx: CliContext) -> int:
-    config = ctx.load().config
+    config = ctx.load(announce=True).config
     jsonl: Optional[JsonLinesSink] = None
     if args.events == "-" or (args.no_mqtt and not args.events):
         jsonl = JsonLinesSink(stream=ctx.stdout)

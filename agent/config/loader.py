@@ -16,6 +16,7 @@ file reader are parameters so that tests can drive them.
 """
 
 import json
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import ValidationError
 from agent.config.errors import ConfigError, ConfigIssue, Origin
 from agent.config.messages import issues_from_validation_error
 from agent.config.models import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.config.paths import choose_default_dirs
 
 ENV_CONFIG_PATH = "EMOTION_AGENT_CONFIG"
 ENV_PREFIX = "EMOTION_AGENT__"
@@ -42,6 +44,8 @@ class LoadedConfig:
     path: Optional[Path]  # the file that was read, None if none was
     origins: Dict[KeyPath, Origin] = field(default_factory=dict)
     notices: List[str] = field(default_factory=list)
+    # where state and engines go when nothing set them (agent/config/paths.py)
+    path_notices: List[str] = field(default_factory=list)
 
 
 def resolve_config_path(
@@ -202,6 +206,7 @@ def load_config(
     hostname: Callable[[], str] = socket.gethostname,
     read_text: Callable[[Path], str] = _read_text,
     default_path: Path = DEFAULT_CONFIG_PATH,
+    euid: Optional[Callable[[], int]] = None,
 ) -> LoadedConfig:
     """Build the effective configuration or raise ConfigError (exit code 78).
 
@@ -254,6 +259,7 @@ def load_config(
             origins[key_path] = origin
     if override_issues:
         raise ConfigError(source, override_issues)
+    path_notices = choose_default_dirs(data, origins, environ, (euid or os.geteuid)())
 
     device = data.setdefault("device", {})
     if device is None:
@@ -266,7 +272,13 @@ def load_config(
         config = AgentConfig.model_validate(data, context={"check_files": check_files})
     except ValidationError as exc:
         raise ConfigError(source, issues_from_validation_error(exc, origins)) from None
-    return LoadedConfig(config=config, path=used_path, origins=origins, notices=notices)
+    return LoadedConfig(
+        config=config,
+        path=used_path,
+        origins=origins,
+        notices=notices,
+        path_notices=path_notices,
+    )
 
 
 def _type_name(value: Any) -> str:

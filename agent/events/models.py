@@ -32,9 +32,18 @@ class EmotionEvent(BaseModel):
     bbox: Optional[List[float]] = Field(
         None, description="Last face box x1, y1, x2, y2 in frame pixels."
     )
-    frame_index: int = Field(ge=0, description="Capture sequence number of the frame.")
+    frame_index: int = Field(
+        ge=0,
+        description="Capture sequence number of the frame; end: the last frame the track "
+        "was seen in.",
+    )
     duration_s: float = Field(ge=0, description="Seconds since the track was first seen.")
-    latency_ms: Optional[float] = Field(None, ge=0, description="From frame capture to this event.")
+    latency_ms: Optional[float] = Field(
+        None,
+        ge=0,
+        description="From frame capture to this event; null for end (it ends because time "
+        "passed or the agent stopped, not because of a frame).",
+    )
     secondary: Optional[Dict[str, float]] = Field(
         None, description="secondary: the secondary model's top scores."
     )

@@ -78,6 +78,22 @@ class Loop:
 
     def _emit(self, kind: str, track: Track, frame_index: int, captured_at: float, **extra) -> None:
         latency_ms = max(0.0, (self._clock() - captured_at) * 1000.0)
+        self._send(kind, track, frame_index, captured_at, latency_ms, **extra)
+
+    def _end(self, track: Track, at: float) -> None:
+        """``end``: the last frame the track was seen in; no latency (no frame was
+        captured for it: it ends because time passed, or at shutdown)."""
+        self._send("end", track, track.last_frame, at, None)
+
+    def _send(
+        self,
+        kind: str,
+        track: Track,
+        frame_index: int,
+        captured_at: float,
+        latency_ms: Optional[float],
+        **extra,
+    ) -> None:
         event = EmotionEvent(
             type=kind,  # type: ignore[arg-type]
             track_id=track.id,
@@ -88,12 +104,13 @@ class Loop:
             bbox=[round(float(v), 1) for v in track.bbox],
             frame_index=frame_index,
             duration_s=round(max(0.0, track.last_seen - track.first_seen), 3),
-            latency_ms=round(latency_ms, 2),
+            latency_ms=None if latency_ms is None else round(latency_ms, 2),
             **extra,
         )
         self.sink.emit(event)
         self.metrics.events += 1
-        self.metrics.event.add(self._clock(), latency_ms)
+        if latency_ms is not None:
+            self.metrics.event.add(self._clock(), latency_ms)
 
     # -- one frame -----------------------------------------------------------------
 
@@ -119,6 +136,8 @@ class Loop:
             else:  # the detect stage was timed on the thread that ran it
                 boxes, t1 = detected, t0
             update = self.tracker.update(boxes, now)
+            for track, _ in update.matched:
+                track.last_frame = frame.index
             t2 = clock()
             m.stage("track", t2, (t2 - t1) * 1000)
         else:  # between detections the tracks keep their last boxes
@@ -153,7 +172,7 @@ class Loop:
         for track, previous in changes:
             self._emit("update", track, frame.index, frame.captured_at, previous_label=previous)
         for track in update.ended:
-            self._emit("end", track, frame.index, frame.captured_at)
+            self._end(track, frame.captured_at)
         self._summaries(now, frame)
         self._secondary(image, seen, frame)
 
@@ -197,14 +216,14 @@ class Loop:
         """No frame came: still end tracks that timed out."""
         now = self._clock()
         for track in self.tracker.expire(now):
-            self._emit("end", track, 0, now)
+            self._end(track, now)
         self._heartbeat()
 
     def finish(self) -> None:
         """Shutdown: end every confirmed track."""
         now = self._clock()
         for track in self.tracker.end_all():
-            self._emit("end", track, 0, now)
+            self._end(track, now)
 
     # -- the loop --------------------------------------------------------------------
 

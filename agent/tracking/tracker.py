@@ -39,6 +39,7 @@ class Track:
     last_summary: float = 0.0
     last_secondary: float = 0.0
     landmarks: Optional[np.ndarray] = field(default=None, repr=False)
+    last_frame: int = 0  # capture index of the frame it was last detected in (set by the loop)
 
 
 @dataclass

@@ -7,13 +7,16 @@ image or video) gives an error object and never stops the others.
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from agent.perception import Face, Perception
 from agent.perception.faces import faces_to_json
 from agent.perception.video import cv2_module
+from agent.pictures.annotate import Annotation, draw_annotations
+
+OnProgress = Callable[[int, Optional[int]], None]
 
 
 class InputError(Exception):
@@ -41,90 +44,128 @@ def _check_file(path: Path) -> None:
         raise InputError(f"cannot read: {exc.strerror}") from None
 
 
-def _video_frames(path: Path, every_n: int, max_frames: Optional[int]) -> Iterator[Any]:
-    cv2 = cv2_module()
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise InputError("not an image or a video that OpenCV can read")
-        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        index, analysed = 0, 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                if index == 0:
-                    raise InputError("not an image or a video that OpenCV can read")
-                return
-            if index % every_n == 0:
-                yield index, (index / fps if fps > 0 else None), frame
-                analysed += 1
-                if max_frames is not None and analysed >= max_frames:
-                    return
-            index += 1
-    finally:
-        cap.release()
-
-
 def draw_faces(frame: np.ndarray, faces: List[Face]) -> np.ndarray:
-    """A copy of ``frame`` with boxes, landmarks and labels drawn on it."""
-    cv2 = cv2_module()
+    """A copy of ``frame`` with boxes, landmarks and named labels drawn on it."""
     out = frame.copy()
-    scale = max(1, round(max(frame.shape[:2]) / 640))
-    for i, face in enumerate(faces):
-        x1, y1, x2, y2 = (round(float(v)) for v in face.bbox)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (0, 200, 0), 2 * scale)
-        for x, y in face.landmarks:
-            cv2.circle(out, (round(float(x)), round(float(y))), scale + 1, (0, 220, 255), -1)
-        text = f"#{i + 1} {face.score:.2f}"
-        if face.emotion is not None:
-            text += f" {face.emotion.label} {face.emotion.confidence:.2f}"
-        cv2.putText(
-            out,
-            text,
-            (x1, max(12 * scale, y1 - 6 * scale)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.5 * scale,
-            (0, 200, 0),
-            scale,
-            cv2.LINE_AA,
-        )
+    draw_annotations(
+        out,
+        [
+            Annotation(
+                bbox=face.bbox,
+                name=f"#{i + 1}",
+                label=face.emotion.label if face.emotion is not None else None,
+                confidence=face.emotion.confidence if face.emotion is not None else None,
+                detector=float(face.score),
+                landmarks=face.landmarks,
+            )
+            for i, face in enumerate(faces)
+        ],
+    )
     return out
 
 
-def _draw_path(draw_dir: Path, path: Path, suffix: str = "") -> Path:
+def _draw_path(draw_dir: Path, path: Path, ext: str) -> Path:
     draw_dir.mkdir(parents=True, exist_ok=True)
-    candidate = draw_dir / f"{path.stem}{suffix}.jpg"
+    candidate = draw_dir / f"{path.stem}{ext}"
     n = 2
     while candidate.exists():
-        candidate = draw_dir / f"{path.stem}{suffix}-{n}.jpg"
+        candidate = draw_dir / f"{path.stem}-{n}{ext}"
         n += 1
     return candidate
 
 
-def analyze_file(path: Path, perception: Perception, options: AnalyzeOptions) -> Dict[str, Any]:
-    """The result object for one input; raises InputError for a bad input."""
+def analyze_file(
+    path: Path,
+    perception: Perception,
+    options: AnalyzeOptions,
+    on_progress: Optional[OnProgress] = None,
+) -> Dict[str, Any]:
+    """The result object for one input; raises InputError for a bad input.
+
+    With ``options.draw_dir`` an image gets an annotated copy (``NAME.jpg``) and a
+    video an annotated video (``NAME.mp4``, every frame up to the last analysed one,
+    at the video's frame rate; between analysed frames the last results are drawn);
+    the result then says where it is (``drawn``). ``on_progress(done, total)`` is
+    called after each video frame read (``total``: the frames that will be read, when
+    the video says how many it has)."""
     _check_file(path)
     cv2 = cv2_module()
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is not None:
         faces = perception.process(image)
-        if options.draw_dir is not None:
-            cv2.imwrite(str(_draw_path(options.draw_dir, path)), draw_faces(image, faces))
         h, w = image.shape[:2]
-        return {"path": str(path), "width": w, "height": h, "faces": faces_to_json(faces)}
-    frames = []
-    width = height = 0
-    for index, time_s, frame in _video_frames(path, options.every_n, options.max_frames):
-        height, width = frame.shape[:2]
-        faces = perception.process(frame)
+        result: Dict[str, Any] = {
+            "path": str(path),
+            "width": w,
+            "height": h,
+            "faces": faces_to_json(faces),
+        }
         if options.draw_dir is not None:
-            target = _draw_path(options.draw_dir, path, f"_f{index:06d}")
-            cv2.imwrite(str(target), draw_faces(frame, faces))
-        frames.append(
-            {
-                "index": index,
-                "time_s": None if time_s is None else round(time_s, 3),
-                "faces": faces_to_json(faces),
-            }
-        )
-    return {"path": str(path), "width": width, "height": height, "frames": frames}
+            target = _draw_path(options.draw_dir, path, ".jpg")
+            if not cv2.imwrite(str(target), draw_faces(image, faces)):
+                raise InputError(f"cannot write {target}")
+            result["drawn"] = str(target)
+        return result
+    return _analyze_video(path, perception, options, on_progress)
+
+
+def _analyze_video(
+    path: Path, perception: Perception, options: AnalyzeOptions, on_progress: Optional[OnProgress]
+) -> Dict[str, Any]:
+    cv2 = cv2_module()
+    cap = cv2.VideoCapture(str(path))
+    writer = None
+    target: Optional[Path] = None
+    try:
+        if not cap.isOpened():
+            raise InputError("not an image or a video that OpenCV can read")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        total: Optional[int] = count if count > 0 else None
+        if options.max_frames is not None:
+            needed = (options.max_frames - 1) * options.every_n + 1
+            total = needed if total is None else min(total, needed)
+        frames: List[Dict[str, Any]] = []
+        width = height = 0
+        faces: List[Face] = []
+        index = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                if index == 0:
+                    raise InputError("not an image or a video that OpenCV can read")
+                break
+            height, width = frame.shape[:2]
+            analysed = index % options.every_n == 0
+            if analysed:
+                faces = perception.process(frame)
+                frames.append(
+                    {
+                        "index": index,
+                        "time_s": round(index / fps, 3) if fps > 0 else None,
+                        "faces": faces_to_json(faces),
+                    }
+                )
+            if options.draw_dir is not None:
+                if writer is None:
+                    target = _draw_path(options.draw_dir, path, ".mp4")
+                    rate = fps if 0 < fps <= 1000 else 25.0
+                    writer = cv2.VideoWriter(
+                        str(target), cv2.VideoWriter_fourcc(*"mp4v"), rate, (width, height)
+                    )
+                    if not writer.isOpened():
+                        raise InputError(f"cannot write {target}")
+                writer.write(draw_faces(frame, faces))
+            index += 1
+            if on_progress is not None:
+                on_progress(index, total)
+            if analysed and options.max_frames is not None and len(frames) >= options.max_frames:
+                break
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    result = {"path": str(path), "width": width, "height": height, "frames": frames}
+    if target is not None:
+        result["drawn"] = str(target)
+    return result

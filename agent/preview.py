@@ -1,18 +1,60 @@
 """``--preview OUT.mp4``: annotated video of what the loop sees (boxes, landmarks,
-track ids, labels). For setting a camera up; never sent anywhere."""
+track ids, labels with their confidence, the detector's confidence). For setting a
+camera up; never sent anywhere. Written at the source's frame rate when it has one
+(a video file), else at ``camera.fps``, so that it plays at the speed it was filmed."""
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
+from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
 from agent.perception.video import cv2_module
+from agent.pictures.annotate import AMBER, GREEN, Annotation, draw_annotations
 from agent.tracking.tracker import Track
 
 
+def source_fps(uri: str, configured: float) -> float:
+    """The frame rate a recording of ``uri`` plays at: a video file's own rate, else
+    the configured one (cameras, images, synthetic://)."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        return configured
+    cv2 = cv2_module()
+    cap = cv2.VideoCapture(parts.path)
+    try:
+        if not cap.isOpened() or cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 1:
+            return configured  # not a video, or an image (repeated at camera.fps)
+        fps = cap.get(cv2.CAP_PROP_FPS)
+    finally:
+        cap.release()
+    return float(fps) if fps and 0 < fps <= 1000 else configured
+
+
+def track_annotations(tracks: List[Track], labels: Sequence[str]) -> List[Annotation]:
+    out = []
+    for track in tracks:
+        confidence = None
+        if track.label is not None and track.probs is not None and track.label in labels:
+            confidence = float(track.probs[list(labels).index(track.label)])
+        out.append(
+            Annotation(
+                bbox=track.bbox,
+                name=f"#{track.id}",
+                label=track.label,
+                confidence=confidence,
+                detector=float(track.score),
+                landmarks=track.landmarks,
+                color=GREEN if track.confirmed else AMBER,
+            )
+        )
+    return out
+
+
 class PreviewWriter:
-    def __init__(self, path: Path, fps: float) -> None:
+    def __init__(self, path: Path, fps: float, labels: Sequence[str] = ()) -> None:
         self.path = path
         self.fps = fps
+        self.labels = list(labels)  # the emotion model's, in its output order
         self._writer = None
         self.frames = 0
 
@@ -26,27 +68,7 @@ class PreviewWriter:
             )
             if not self._writer.isOpened():
                 raise OSError(f"cannot write preview video {self.path}")
-        scale = max(1, round(max(h, w) / 640))
-        for track in tracks:
-            x1, y1, x2, y2 = (round(float(v)) for v in track.bbox)
-            color = (0, 200, 0) if track.confirmed else (0, 160, 255)
-            cv2.rectangle(image, (x1, y1), (x2, y2), color, 2 * scale)
-            if track.landmarks is not None:
-                for x, y in track.landmarks:
-                    cv2.circle(image, (round(float(x)), round(float(y))), scale, (0, 220, 255), -1)
-            label = f"#{track.id}"
-            if track.label:
-                label += f" {track.label}"
-            cv2.putText(
-                image,
-                label,
-                (x1, max(14 * scale, y1 - 6 * scale)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.5 * scale,
-                color,
-                scale,
-                cv2.LINE_AA,
-            )
+        draw_annotations(image, track_annotations(tracks, self.labels))
         self._writer.write(image)
         self.frames += 1
 

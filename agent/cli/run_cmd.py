@@ -13,7 +13,7 @@ from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
 from agent.perception.video import OpenCVMissing
-from agent.preview import PreviewWriter
+from agent.preview import PreviewWriter, source_fps
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
@@ -74,7 +74,13 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             return EXIT_FAILURE
     sinks: List[EventSink] = [s for s in (mqtt.sink if mqtt else None, jsonl) if s is not None]
     sink: EventSink = sinks[0] if len(sinks) == 1 else TeeSink(sinks)
-    preview = PreviewWriter(args.preview, config.camera.fps) if args.preview else None
+    preview = None
+    if args.preview:
+        preview = PreviewWriter(
+            args.preview,
+            source_fps(config.camera.source, config.camera.fps),
+            labels=emotion_labels(config),
+        )
 
     def reload_config() -> AgentConfig:  # SIGHUP: the same sources, read again
         return ctx.load().config
@@ -129,6 +135,16 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             snap.events,
         )
     return code
+
+
+def emotion_labels(config: AgentConfig) -> List[str]:
+    """The emotion model's labels, in its output order, as its manifest names them."""
+    from agent.perception.factory import manifest_for
+
+    try:
+        return list(manifest_for(config).resolve(config.models.emotion).entry.labels or [])
+    except (ManifestError, KeyError, ValueError):
+        return []  # the run itself reports a bad manifest or model name
 
 
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:

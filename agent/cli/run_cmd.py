@@ -4,16 +4,20 @@ import argparse
 import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlsplit
 
+from agent.capture.ring import Frame
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
+from agent.cli.progress import FrameProgress
 from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
-from agent.perception.video import OpenCVMissing
+from agent.perception.video import OpenCVMissing, cv2_module
 from agent.preview import PreviewWriter, source_fps
+from agent.tracking.tracker import Track
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
@@ -54,11 +58,36 @@ def add_parser(
     parser.set_defaults(handler=_run)
 
 
+def _file_frames(uri: str, loop: bool) -> Optional[int]:
+    """How many frames a run on ``uri`` will take: a video file's count, if it ends."""
+    parts = urlsplit(uri)
+    if parts.scheme != "file" or loop:
+        return None
+    cv2 = cv2_module()
+    cap = cv2.VideoCapture(parts.path)
+    try:
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if cap.isOpened() else 0
+    finally:
+        cap.release()
+    return count if count > 1 else None
+
+
 def _run(args: argparse.Namespace, ctx: CliContext) -> int:
+    # a file source on a terminal: frames done (of how many), frames/s, ETA on stderr;
+    # events and log lines written to the terminal erase the line first
+    progress = FrameProgress(ctx.stderr, "")
+    ctx.stderr = progress.clearing(ctx.stderr)
     config = ctx.load(announce=True).config
+    if urlsplit(config.camera.source).scheme == "file":
+        progress.what = Path(urlsplit(config.camera.source).path).name
+        progress.total = _file_frames(config.camera.source, config.camera.loop)
+        if args.max_frames is not None:
+            progress.total = min(progress.total or args.max_frames, args.max_frames)
+    else:
+        progress.enabled = False  # a camera runs until stopped: events are the output
     jsonl: Optional[JsonLinesSink] = None
     if args.events == "-" or (args.no_mqtt and not args.events):
-        jsonl = JsonLinesSink(stream=ctx.stdout)
+        jsonl = JsonLinesSink(stream=progress.clearing(ctx.stdout))
     elif args.events:
         jsonl = JsonLinesSink(path=Path(args.events))
     mqtt: Optional[MqttService] = None
@@ -82,6 +111,11 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             labels=emotion_labels(config),
         )
 
+    def on_frame(frame: Frame, tracks: List[Track]) -> None:
+        if preview is not None:
+            preview(frame, tracks)
+        progress.update(max(progress.done + 1, frame.index + 1))  # frames read of the file
+
     def reload_config() -> AgentConfig:  # SIGHUP: the same sources, read again
         return ctx.load().config
 
@@ -90,7 +124,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         sink,
         reload_config=reload_config,
         environ=ctx.environ,
-        on_frame=preview,
+        on_frame=on_frame,
         max_frames=args.max_frames,
         reporter=default_reporter(ctx.stderr, ctx.logger),
         mqtt=mqtt,
@@ -122,6 +156,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             mqtt.close()
         return EXIT_FAILURE
     finally:
+        progress.finish()
         if preview is not None:
             written = preview.close()
             if written:

@@ -64,26 +64,69 @@ def demo_config(base: AgentConfig, port: int, workdir: Path, source: Optional[st
     return AgentConfig.model_validate(data, context={"check_files": True})
 
 
-def _summary(payload: Dict[str, Any]) -> Dict[str, Any]:
-    pipeline = payload.get("pipeline") or {}
-    outbox = payload.get("outbox") or {}
-    return {
-        "timestamp": payload.get("timestamp"),
-        "fps": pipeline.get("fps"),
-        "frames_processed": pipeline.get("frames_processed"),
-        "events_total": pipeline.get("events_total"),
-        "outbox": {"depth": outbox.get("depth"), "next_seq": outbox.get("next_seq")},
-        "cpu_load_percent": (payload.get("device") or {}).get("cpu_load_percent"),
-        "...": "(--full prints the whole message)",
-    }
+def _clock(payload: Dict[str, Any]) -> str:
+    stamp = str(payload.get("timestamp") or "")
+    return stamp[11:19] if len(stamp) >= 19 else " " * 8
+
+
+def _percent(value: Any) -> str:
+    return f"{float(value):.0%}" if isinstance(value, (int, float)) else "-"
+
+
+def readable(topic: str, payload: Any) -> str:
+    """One line a person reads: UTC time, what it is, the fields that matter."""
+    leaf = topic.rsplit("/", 1)[-1]
+    if not isinstance(payload, dict):
+        text = "{}" if payload == {} else json.dumps(payload)
+        return f"{'':8}  {leaf:<9}  {text}"
+    when = _clock(payload)
+    if topic.endswith("/status"):
+        return f"{when}  status     {payload.get('state')} (version {payload.get('version')})"
+    if topic.endswith("/events") and isinstance(payload.get("event"), dict):
+        e = payload["event"]
+        label = e.get("label") or "-"
+        text = (
+            f"{when}  event {payload.get('seq', '?'):>4}  {e.get('type', '?'):<7} "
+            f"track {e.get('track_id')}: {label} {_percent(e.get('confidence'))}"
+        )
+        if e.get("previous_label"):
+            text += f" (was {e['previous_label']})"
+        if e.get("type") == "end":
+            text += f", seen for {e.get('duration_s', 0):.1f} s"
+        elif e.get("latency_ms") is not None:
+            text += f", frame {e.get('frame_index')}, {e['latency_ms']:.0f} ms after capture"
+        if e.get("secondary"):
+            top = sorted(e["secondary"].items(), key=lambda kv: -kv[1])[:3]
+            text += " [" + ", ".join(f"{k} {_percent(v)}" for k, v in top) + "]"
+        return text
+    if topic.endswith("/telemetry"):
+        p = payload.get("pipeline") or {}
+        o = payload.get("outbox") or {}
+        d = payload.get("device") or {}
+        fps = p.get("fps")
+        cpu = d.get("cpu_load_percent")
+        return (
+            f"{when}  telemetry  {'-' if fps is None else f'{fps:.1f}'} frames/s, "
+            f"{p.get('frames_processed', 0)} frames, {p.get('events_total', 0)} events, "
+            f"outbox {o.get('depth', 0)} waiting, cpu {'-' if cpu is None else f'{cpu:.0f} %'}"
+        )
+    if topic.endswith("/response"):
+        verdict = "ok" if payload.get("ok") else f"FAILED: {payload.get('error')}"
+        result = json.dumps(payload.get("result"), separators=(",", ":"))
+        return f"{when}  response   {payload.get('command')}: {verdict} {result}"
+    if "/cmd/" in topic:
+        name = topic.split("/cmd/", 1)[1]
+        return f"{'':8}  command    {name} {json.dumps(payload, separators=(',', ':'))}"
+    return f"{when}  {leaf:<9}  {json.dumps(payload, separators=(',', ':'))}"
 
 
 class Printer:
-    """The subscriber: prints ``topic payload`` lines and keeps score."""
+    """The subscriber: prints each message (readable, or ``topic payload`` with ``raw``)
+    and keeps score."""
 
-    def __init__(self, broker: EmbeddedBroker, prefix: str, out: IO[str], full: bool) -> None:
+    def __init__(self, broker: EmbeddedBroker, prefix: str, out: IO[str], raw: bool) -> None:
         self.out = out
-        self.full = full
+        self.raw = raw
         self.result = DemoResult()
         self._lock = threading.Lock()
         self.online = threading.Event()
@@ -110,11 +153,14 @@ class Printer:
                         self.online.set()
                 elif topic.endswith("/telemetry"):
                     self.result.telemetry += 1
-                    shown = payload if self.full else _summary(payload)
                 elif topic.endswith("/response"):
                     self.result.pong = bool(payload.get("ok"))
-            text = json.dumps(shown, separators=(",", ":")) if shown is not None else "(binary)"
-            self.out.write(f"{topic} {text}\n")
+            if not self.raw:
+                line = readable(topic, shown) if shown is not None else f"{topic} (binary)"
+                self.out.write(line + "\n")
+            else:
+                text = json.dumps(shown, separators=(",", ":")) if shown is not None else "(binary)"
+                self.out.write(f"{topic} {text}\n")
             self.out.flush()
 
     def stopped(self) -> bool:
@@ -133,24 +179,42 @@ def run_demo(
     seconds: float = 10.0,
     frames: Optional[int] = None,
     source: Optional[str] = None,
-    full: bool = False,
+    raw: bool = False,
+    port: int = 0,
+    keep: bool = False,
     workdir: Optional[Path] = None,
     reporter: Any = None,
     install_signals: bool = False,
 ) -> DemoResult:
     with tempfile.TemporaryDirectory(prefix="emotion-agent-demo-") as tmp:
         work = workdir or Path(tmp)
-        broker = EmbeddedBroker().start()
+        broker = EmbeddedBroker(port=port).start()
         try:
             config = demo_config(base, broker.port, work, source)
             prefix = config.mqtt.topic_prefix
+            device = f"{config.device.fleet}/{config.device.id}"
+            tool = f"emotion-agent --set mqtt.port={broker.port}"
+            if config.mqtt.topic_prefix != base.mqtt.topic_prefix or base.mqtt.host not in (
+                "localhost",
+                "127.0.0.1",
+            ):
+                tool = (
+                    f"emotion-agent --set mqtt.host=127.0.0.1 --set mqtt.port={broker.port} "
+                    f"--set mqtt.topic_prefix={prefix}"
+                )
+            until = "until Ctrl-C" if keep else f"for {seconds:g} s (--keep: until Ctrl-C)"
             out.write(
                 f"# embedded broker on 127.0.0.1:{broker.port}; subscribed to {prefix}/#\n"
                 f"# camera {config.camera.source} {config.camera.width}x"
                 f"{config.camera.height}; models {config.models.detector} / "
                 f"{config.models.landmarks} / {config.models.emotion}\n"
+                f"# device {device} runs {until}; in another terminal, the fleet tools:\n"
+                f"#   {tool} fleet watch\n"
+                f"#   {tool} fleet send {device} ping\n"
+                f"#   {tool} fleet send {device} set-config pipeline.detect_every_n=2\n"
+                + ("" if raw else "# times are UTC; --json prints the raw messages\n")
             )
-            printer = Printer(broker, prefix, out, full)
+            printer = Printer(broker, prefix, out, raw)
             service = MqttService(config)
             daemon = Daemon(
                 config,
@@ -160,14 +224,17 @@ def run_demo(
                 mqtt=service,
                 reporter=reporter,
             )
-            stopper = threading.Timer(seconds, daemon.lifecycle.request_stop)
+            stopper = threading.Timer(
+                seconds if not keep else 10**9, daemon.lifecycle.request_stop
+            )
             stopper.daemon = True
 
             def ping() -> None:
                 # "online" comes after the device subscribed to its commands
                 if printer.online.wait(60):
                     topic = f"{service.publisher.topics.command('ping')}"
-                    out.write(f"# sending the command: {topic} {{}}\n")
+                    if raw:  # the readable view shows the command as it arrives
+                        out.write(f"# sending the command: {topic} {{}}\n")
                     printer.client.publish(topic, b"{}", qos=1)
 
             threading.Thread(target=ping, daemon=True).start()

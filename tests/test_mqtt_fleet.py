@@ -165,7 +165,7 @@ def test_demo_runs_the_loop_with_the_embedded_broker(tmp_path):
     env["EMOTION_AGENT_CONFIG"] = str(tmp_path / "none.yaml")
     (tmp_path / "none.yaml").write_text("{}\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--seconds", "4",
+        [sys.executable, "-m", "agent", "demo", "--seconds", "4", "--json",
          "--set", f"models.manifest={manifest}", "--set", "models.emotion=tao_emotionnet"],
         cwd=str(REPO), env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

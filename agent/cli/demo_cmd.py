@@ -24,10 +24,12 @@ def add_parser(
         description=(
             "Run the real loop on the synthetic:// camera (" + SYNTHETIC_DESCRIPTION + ") for "
             "a few seconds, publishing through the outbox to an embedded MQTT broker on a free "
-            "loopback port, and print every message as a subscriber sees it (topic and JSON "
-            "payload): status, events, telemetry, and the answer to a ping command. Nothing "
-            "else is needed: no camera, no broker, no network. State and engines go to a "
-            "temporary directory. Exit 0 when every event arrived in order."
+            "loopback port (--port), and print every message a subscriber gets, one readable "
+            "line each (--json: topic and JSON payload): status, events, telemetry, and the "
+            "answer to a ping command. It prints the fleet watch / fleet send commands that "
+            "attach to it from another terminal (--keep runs it until Ctrl-C for that). "
+            "Nothing else is needed: no camera, no broker, no network. State and engines go to "
+            "a temporary directory. Exit 0 when every event arrived in order."
         ),
     )
     parser.add_argument(
@@ -36,7 +38,23 @@ def add_parser(
     parser.add_argument("--frames", type=int, metavar="N", help="or stop after N frames")
     parser.add_argument("--source", metavar="URI", help="another camera URI (default synthetic://)")
     parser.add_argument(
-        "--full", action="store_true", help="print whole telemetry messages, not a summary"
+        "--json",
+        action="store_true",
+        help="print each message raw, as a subscriber gets it: topic and whole JSON payload "
+        "(default: one readable line per message)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the embedded broker's port on 127.0.0.1 (default: a free one, printed)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="run until Ctrl-C (or SIGTERM) instead of --seconds: time to try the fleet "
+        "tools against it (the commands are printed at the start)",
     )
     common(parser)
     parser.set_defaults(handler=_demo)
@@ -52,7 +70,9 @@ def _demo(args: argparse.Namespace, ctx: CliContext) -> int:
             seconds=args.seconds,
             frames=args.frames,
             source=args.source,
-            full=args.full,
+            raw=args.json,
+            port=args.port,
+            keep=args.keep,
             reporter=default_reporter(ctx.stderr, ctx.logger),
             install_signals=threading.current_thread() is threading.main_thread(),
         )

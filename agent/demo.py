@@ -224,9 +224,7 @@ def run_demo(
                 mqtt=service,
                 reporter=reporter,
             )
-            stopper = threading.Timer(
-                seconds if not keep else 10**9, daemon.lifecycle.request_stop
-            )
+            stopper = threading.Timer(seconds if not keep else 10**9, daemon.lifecycle.request_stop)
             stopper.daemon = True
 
             def ping() -> None:

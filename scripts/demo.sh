@@ -2,7 +2,7 @@
 # Quickstart: install emotion-agent into ./.venv and run its main job on the
 # embedded default (no camera, no broker, nothing downloaded at run time).
 #
-#   ./scripts/demo.sh [--seconds 10] [--frames N] [--full]
+#   ./scripts/demo.sh [--seconds 10] [--frames N] [--json] [--keep] [--port N]
 #
 # It runs `emotion-agent demo`: the real loop (detector, landmarks, emotion,
 # tracking) on the bundled sample photos, published through the durable outbox

@@ -7,11 +7,12 @@ import os
 import threading
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
-from agent.perception.video import OpenCVMissing
+from agent.perception.video import OpenCVMissing, cv2_module
 from agent.runtime import build_runtime
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
@@ -57,6 +58,13 @@ def add_parser(
         help="inference backend (default: models.backend of the config)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        type=Path,
+        help="also draw each stage's time per frame over the measured frames and a histogram "
+        "of the frames' latency into FILE.png (the last 1024 frames of a longer run)",
+    )
     parser.add_argument(
         "--tracemalloc",
         action="store_true",
@@ -106,7 +114,21 @@ def _pass_figures(runtime: Any, frames: int, elapsed: float) -> Dict[str, Any]:
     }
 
 
+def _can_write_image(path: Path) -> bool:
+    try:
+        return bool(cv2_module().haveImageWriter(str(path)))
+    except Exception:  # no OpenCV: the run reports it
+        return True
+
+
 def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
+    if args.plot is not None and not _can_write_image(args.plot):
+        print(
+            f"emotion-agent bench: --plot {args.plot}: OpenCV cannot write that kind of "
+            "file; name a .png (or .jpg)",
+            file=ctx.stderr,
+        )
+        return 2
     if args.source:
         ctx.overrides.append(f"camera.source={args.source}")
     if args.backend:
@@ -239,48 +261,110 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
             report["tracemalloc_growth_second_half_bytes"] = result[
                 "tracemalloc_growth_second_half_bytes"
             ]
+    if args.plot is not None:
+        written = _plot(args.plot, runtime, report)
+        print(f"emotion-agent bench: plot written to {written}", file=ctx.stderr)
     if args.json:
         print(json.dumps(report), file=ctx.stdout)
         return 0
-    out = ctx.stdout
-    print(f"source   {report['source']}  backend {report['backend']}", file=out)
-    print(
-        f"frames   {frames} in {elapsed:.2f} s = {report['fps']} frames/s, "
-        f"{report['dropped']} dropped, {report['faces_per_frame']} faces/frame",
-        file=out,
+    _text_report(ctx.stdout, report, elapsed, args.warmup)
+    return 0
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
+def _text_report(out: Any, report: Dict[str, Any], elapsed: float, warmup: int) -> None:
+    """The report for a person: every figure says what it is and its unit."""
+
+    def line(text: str = "") -> None:
+        print(text, file=out)
+
+    frames = report["frames"]
+    line(
+        f"emotion-agent bench: {report['source']} on {report['backend']}, "
+        f"{frames} measured frames after {warmup} warm-up frames"
+    )
+    line()
+    line(
+        f"  throughput      {report['fps']} frames/s ({frames} frames in {elapsed:.2f} s, "
+        f"{report['dropped']} dropped)"
+    )
+    line(
+        f"  faces           {report['faces_per_frame']} per frame on average, "
+        f"{report['events']} events"
     )
     lat = report["latency_ms"]
-    print(f"latency  p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms", file=out)
+    line(
+        f"  latency         p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}: "
+        "from a frame's capture to the end of its processing"
+    )
+    line(
+        "                  (file and synthetic sources are read ahead of the loop, so their "
+        "frames also wait in the queue: a live camera's latency is lower)"
+    )
+    line()
+    line("  stages          time per frame, p50 / p95, and how many times a second it ran:")
     for name, st in report["stages"].items():
-        print(f"  {name:<10} p50 {st['p50_ms']} ms  p95 {st['p95_ms']} ms", file=out)
+        rate = "-" if st["fps"] is None else f"{st['fps']:.1f}/s"
+        line(f"    {name:<12}  {_ms(st['p50_ms']):>9} / {_ms(st['p95_ms']):>9}  {rate:>8}")
+    line("  models          inference time per call (a batch of faces), p50 / mean:")
     for role, st in report["models_ms"].items():
-        print(f"  model {role:<10} p50 {st['p50']} ms  mean {st['mean']} ms", file=out)
+        line(f"    {role:<12}  {_ms(st['p50']):>9} / {_ms(st['mean']):>9}")
+    line()
+    reference = report.get("reference")
     if reference is not None:
-        print(
-            f"reference pass without overlap: {reference['fps']} frames/s, "
-            f"{reference['faces_per_frame']} faces/frame, models "
-            f"{reference['models_ms_per_frame']} ms a frame, "
-            f"{reference['loop_overhead_pct']} % overhead",
-            file=out,
+        line(
+            f"  reference pass  {reference['frames']} frames without the overlap (each stage "
+            f"in turn): {reference['fps']} frames/s,"
         )
-        print(
-            f"loop time per frame {report['period_ms']} ms (detection overlapped) over the "
-            f"models' own {reference['models_ms_per_frame']} ms: "
-            f"{report['loop_overhead_pct']} %",
-            file=out,
+        line(
+            f"                  models {_ms(reference['models_ms_per_frame'])} a frame, the "
+            f"loop's own work {reference['loop_overhead_pct']} % on top; "
+            f"{reference['faces_per_frame']} faces per frame"
+        )
+        line("                  (other frames of the source than the measured ones: other faces)")
+        line(
+            f"  overlap         with the detector one frame ahead, a frame takes "
+            f"{_ms(report['period_ms'])}: {report['loop_overhead_pct']:+} % against the models' "
+            f"own {_ms(reference['models_ms_per_frame'])}"
+        )
+        line(
+            "                  (below 0: the overlap hides part of the models' time; "
+            "pipeline.overlap_detection)"
         )
     else:
-        print(f"loop overhead over model time: {report['loop_overhead_pct']} %", file=out)
+        line(
+            f"  loop overhead   {report['loop_overhead_pct']} %: the loop's time per frame "
+            f"beyond the models' own {_ms(report['models_ms_per_frame'])}"
+        )
     rss = report["rss_mb"]
-    print(f"RSS      {rss['before']} MB before, {rss['after']} MB after", file=out)
+    line(
+        f"  memory          resident {rss['before']} MB before the measured frames, "
+        f"{rss['after']} MB after"
+    )
     if "tracemalloc_growth_bytes" in report:
-        print(
-            f"Python allocations grew by {report['tracemalloc_growth_bytes']} bytes, "
-            f"{report.get('tracemalloc_growth_second_half_bytes')} of them in the second half",
-            file=out,
+        line(
+            f"  Python memory   allocations grew by {report['tracemalloc_growth_bytes']} bytes "
+            f"over the measured frames, "
+            f"{report.get('tracemalloc_growth_second_half_bytes')} of them in the second half "
+            "(a leak grows in both halves); where most:"
         )
         for site in report["tracemalloc_top"]:
-            print(
-                f"  {site['bytes']:>+10} B {site['blocks']:>+6} blocks  {site['where']}", file=out
-            )
-    return 0
+            line(f"    {site['bytes']:>+10} B {site['blocks']:>+6} blocks  {site['where']}")
+
+
+def _plot(path: Path, runtime: Any, report: Dict[str, Any]) -> Path:
+    from agent.pictures.plot import Series, draw_bench_plot
+
+    metrics = runtime.metrics
+    series = [Series(name, *window.samples()) for name, window in metrics.stages.items()]
+    series.append(Series("loop, per frame", *metrics.process.samples()))
+    series.append(Series("capture to done", *metrics.frame.samples()))
+    title = (
+        f"emotion-agent bench: {report['source']}, {report['backend']}, "
+        f"{report['frames']} frames, {report['fps']} frames/s"
+    )
+    latency = Series("frame latency, capture to done (ms)", *metrics.frame.samples())
+    return draw_bench_plot(path, title, series, latency)

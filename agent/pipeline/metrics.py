@@ -7,7 +7,7 @@ when a snapshot is taken.
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -55,6 +55,15 @@ class Window:
         times = self._values(self._t, n)
         span = float(times.max() - times.min())
         return (n - 1) / span if span > 0 else None
+
+    def samples(self) -> Tuple[np.ndarray, np.ndarray]:
+        """The samples in the window, oldest first: (timestamps, durations in ms), copies."""
+        n = self._filled()
+        t = self._values(self._t, n).copy()
+        ms = self._values(self._ms, n).copy()
+        if self.count > self._size:  # the ring wrapped: the oldest sample is at _next
+            t, ms = np.roll(t, -self._next), np.roll(ms, -self._next)
+        return t, ms
 
     def total_ms(self) -> float:
         """The sum over the window (the last ``size`` samples)."""

@@ -6,6 +6,7 @@ import pytest
 from agent.pictures.plot import PALETTE, Series, draw_bench_plot, nice_ticks
 from tests.conftest import run_cli
 from tests.test_loop import common, manifest  # noqa: F401 (the fixture)
+from tests.test_pictures import ARTEFACTS
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is part of the test install")
 
@@ -44,6 +45,8 @@ def test_the_text_report_explains_itself_and_the_plot_is_drawn(manifest, tmp_pat
     assert f"plot written to {plot}" in res.err
     image = cv2.imread(str(plot))
     assert image is not None and image.shape == (900, 1200, 3)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(ARTEFACTS / "bench-plot.png"), image)  # to look at
     # a line of each stage and the histogram's bars are there, in their colours
     for color in PALETTE[:4]:
         assert (abs(image.astype(int) - color).sum(axis=2) < 30).sum() > 50, color

@@ -222,3 +222,16 @@ def test_progress_only_on_a_terminal():
     )
     progress.clearing(tty).write("an event\n")
     assert tty.getvalue().endswith("\r\x1b[Kan event\n")
+
+
+def test_the_analyze_table_names_its_figures_as_the_labels_do(manifest, tmp_path):
+    import re
+
+    image = REPO / "agent/samples/faceapi-sample5.jpg"
+    res = run_cli([*_common(manifest), "analyze", "--draw", str(tmp_path), str(image)])
+    assert res.code == 0, res.err
+    faces = [ln for ln in res.out.splitlines() if ln.startswith("  #")]
+    assert len(faces) == 5
+    for line in faces:
+        assert re.fullmatch(r"  #\d box \d+,\d+-\d+,\d+ face \d+%: \S+ \d+% \(then .+\)", line)
+    assert f"drawn to {tmp_path / 'faceapi-sample5.jpg'}" in res.err

@@ -66,12 +66,14 @@ def _table(result: Dict[str, Any]) -> str:
         lines = []
         for i, face in enumerate(faces):
             x1, y1, x2, y2 = (round(v) for v in face["bbox"])
-            text = f"{indent}#{i + 1} box {x1},{y1}-{x2},{y2} score {face['score']:.2f}"
+            # as the drawn labels say it: face #, box, detector confidence, then the
+            # emotion with its probability and the next two
+            text = f"{indent}#{i + 1} box {x1},{y1}-{x2},{y2} face {face['score']:.0%}"
             emotion = face["emotion"]
             if emotion:
                 ranked = sorted(emotion["scores"].items(), key=lambda kv: -kv[1])
-                rest = ", ".join(f"{k} {v:.2f}" for k, v in ranked[1:3])
-                text += f"  {emotion['label']} {ranked[0][1]:.2f} ({rest})"
+                rest = ", ".join(f"{k} {v:.0%}" for k, v in ranked[1:3])
+                text += f": {emotion['label']} {ranked[0][1]:.0%} (then {rest})"
             lines.append(text)
         return lines
 

@@ -34,3 +34,10 @@ def test_end_at_idle_and_at_shutdown_name_the_last_frame_seen():
     assert (end.frame_index, end.latency_ms) == (6, None)
     # the event-latency figures count only events that a frame caused
     assert loop.metrics.event.count == len(sink.events) - 1
+
+
+def test_confidence_is_rounded_like_the_scores():
+    perception = ScriptedPerception([[FACE]], [[[0.123456789, 0.8, 0.076543211]]])
+    _loop, sink, _now = run_script(perception, 3)
+    new = next(e for e in sink.events if e.type == "new")
+    assert new.confidence == round(new.confidence, 4) == new.scores[new.label]

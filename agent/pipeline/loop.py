@@ -94,12 +94,13 @@ class Loop:
         latency_ms: Optional[float],
         **extra,
     ) -> None:
+        confidence = self.smoother.confidence(track)
         event = EmotionEvent(
             type=kind,  # type: ignore[arg-type]
             track_id=track.id,
             timestamp=self._timestamp(captured_at),
             label=track.label,
-            confidence=self.smoother.confidence(track),
+            confidence=None if confidence is None else round(confidence, 4),  # as scores
             scores=self.smoother.scores(track),
             bbox=[round(float(v), 1) for v in track.bbox],
             frame_index=frame_index,

@@ -87,16 +87,29 @@ def test_landmarks_are_visible_at_any_image_size(size):
     assert dot.sum() >= 68 * max(1, (h // 540) ** 2)
 
 
+GOLDEN_OPENCV = 5  # the OpenCV major version that drew the golden image (its own fonts)
+
+
 def test_golden_image():
-    """The drawing code's output, pixel for pixel up to font anti-aliasing differences
-    between OpenCV versions. EA_UPDATE_GOLDEN=1 rewrites the file (look at it first)."""
+    """The drawing code's output, pixel for pixel up to anti-aliasing differences.
+    OpenCV 5 draws text with its own fonts, 4.x with Hershey strokes: with another
+    major version than the golden's, the label boxes (text and fill) are left out of
+    the comparison and only boxes, landmarks and background must match.
+    EA_UPDATE_GOLDEN=1 rewrites the file (look at it first)."""
     image, annotations = scene()
-    draw_annotations(image, annotations)
+    rects = draw_annotations(image, annotations)
     if os.environ.get("EA_UPDATE_GOLDEN") == "1":
         cv2.imwrite(str(GOLDEN), image)
     golden = cv2.imread(str(GOLDEN))
     assert golden is not None and golden.shape == image.shape
     diff = np.abs(golden.astype(int) - image.astype(int)).max(axis=2)
+    if int(cv2.__version__.split(".")[0]) != GOLDEN_OPENCV:
+        fill = np.array(annotations[0].color)
+        mask = np.all(np.abs(golden.astype(int) - fill) < 8, axis=2)  # the golden's boxes
+        for x1, y1, x2, y2 in rects:
+            mask[y1:y2, x1:x2] = True
+        mask = cv2.dilate(mask.astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
+        diff[mask] = 0
     if (diff > 48).mean() > 0.002 or diff.mean() > 1.0:
         _save("annotate-actual.png", image)
         _save("annotate-diff.png", (diff * 4).clip(0, 255).astype(np.uint8))

@@ -113,7 +113,8 @@ def draw_annotations(image: np.ndarray, annotations: Sequence[Annotation]) -> Li
             face = max(1.0, float(min(x2 - x1, y2 - y1)))
             # sized for the face, a little larger on a large image, never a blob
             radius = max(1, min(round(face / 45), round(max(face / 90, max(ih, iw) / 900))))
-            centres = [(round(float(x)), round(float(y))) for x, y in a.landmarks]
+            points = np.rint(np.asarray(a.landmarks, dtype=np.float64)).astype(np.int32)
+            centres = [(x, y) for x, y in points.tolist()]
             if radius > 1:  # every rim first: close points must not hide each other
                 for centre in centres:
                     cv2.circle(image, centre, radius + 1, RIM, -1, cv2.LINE_AA)

@@ -30,6 +30,10 @@ DEMO_DEVICE = {"id": "demo-cam", "fleet": "demo", "site": "emotion-agent demo"}
 DEMO_CAMERA = {"source": "synthetic://", "width": 640, "height": 360, "fps": 15}
 
 
+class DemoError(Exception):
+    """The demo cannot start (the message says why, in plain words)."""
+
+
 @dataclass
 class DemoResult:
     events: List[int] = field(default_factory=list)  # sequence numbers, as received
@@ -188,7 +192,13 @@ def run_demo(
 ) -> DemoResult:
     with tempfile.TemporaryDirectory(prefix="emotion-agent-demo-") as tmp:
         work = workdir or Path(tmp)
-        broker = EmbeddedBroker(port=port).start()
+        try:
+            broker = EmbeddedBroker(port=port).start()
+        except OSError as exc:
+            raise DemoError(
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; choose another --port "
+                "(or none: a free one is taken)"
+            ) from None
         try:
             config = demo_config(base, broker.port, work, source)
             prefix = config.mqtt.topic_prefix

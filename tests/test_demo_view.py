@@ -130,3 +130,17 @@ def test_the_readme_section_works_as_written(tmp_path):
     assert any(re.match(r"\d\d:\d\d:\d\d  event +1  new ", ln) for ln in lines), out
     assert "status     stopped" in [ln for ln in lines if "  status " in ln][-1]
     assert lines[-1].startswith("# ") and "ping answered: yes" in lines[-1]
+
+
+def test_a_port_in_use_is_refused_in_plain_words():
+    import socket
+
+    from tests.conftest import run_cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = run_cli(["demo", "--port", str(port), "--seconds", "1"])
+    assert res.code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in res.err and "choose another --port" in res.err

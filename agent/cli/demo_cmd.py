@@ -7,7 +7,7 @@ from typing import Callable
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
 from agent.config.models import SYNTHETIC_DESCRIPTION
-from agent.demo import run_demo
+from agent.demo import DemoError, run_demo
 from agent.perception.video import OpenCVMissing
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
@@ -76,7 +76,14 @@ def _demo(args: argparse.Namespace, ctx: CliContext) -> int:
             reporter=default_reporter(ctx.stderr, ctx.logger),
             install_signals=threading.current_thread() is threading.main_thread(),
         )
-    except (ManifestError, ModelIntegrityError, OpenCVMissing, EngineError, ValueError) as exc:
+    except (
+        DemoError,
+        ManifestError,
+        ModelIntegrityError,
+        OpenCVMissing,
+        EngineError,
+        ValueError,
+    ) as exc:
         print(f"emotion-agent demo: {exc}", file=ctx.stderr)
         return EXIT_FAILURE
     seqs = result.events

@@ -48,7 +48,9 @@ def add_parser(
         ),
     )
     parser.add_argument(
-        "--source", metavar="URI", help="camera URI (default: camera.source of the config)"
+        "--source",
+        metavar="URI",
+        help="camera URI or a file path (default: camera.source of the config)",
     )
     parser.add_argument("--frames", metavar="N", type=int, default=300, help="frames (300)")
     parser.add_argument("--warmup", metavar="W", type=int, default=20, help="warm-up frames (20)")

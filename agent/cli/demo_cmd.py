@@ -36,7 +36,9 @@ def add_parser(
         "--seconds", type=float, default=10.0, metavar="S", help="run this long (default 10)"
     )
     parser.add_argument("--frames", type=int, metavar="N", help="or stop after N frames")
-    parser.add_argument("--source", metavar="URI", help="another camera URI (default synthetic://)")
+    parser.add_argument(
+        "--source", metavar="URI", help="another camera URI or a file path (default synthetic://)"
+    )
     parser.add_argument(
         "--json",
         action="store_true",

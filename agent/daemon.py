@@ -54,6 +54,9 @@ log = logging.getLogger("emotion_agent.daemon")
 
 CAPTURE_DEADLINE_S = 60.0  # an RTSP open can block for tens of seconds
 LOOP_DEADLINE_S = 30.0
+#: The outbox's writer beats every round: at least once a minute when idle, every few
+#: seconds while the disk fails. Longer means it hangs (a dead SD card in fsync).
+OUTBOX_DEADLINE_S = 180.0
 
 
 def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapshot:
@@ -74,6 +77,10 @@ def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapsho
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     """The settings the running pipeline was built from (a change needs a restart)."""
     return config.model_dump(include={"camera", "models", "pipeline"})
+
+
+class LoopStuck(RuntimeError):
+    """The loop thread did not stop: its runtime stays allocated."""
 
 
 class Daemon:
@@ -112,6 +119,9 @@ class Daemon:
             "capture": self.watchdog.register("capture", capture_deadline_s),
             "loop": self.watchdog.register("loop", loop_deadline_s),
         }
+        if mqtt is not None:
+            outbox_beat = self.watchdog.register("outbox", OUTBOX_DEADLINE_S)
+            mqtt.set_outbox_heartbeat(outbox_beat.beat)
         self._first_frame = threading.Event()
         self.lifecycle = ServiceLifecycle(
             self.notifier,
@@ -131,6 +141,9 @@ class Daemon:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.processed = 0
+        self.dropped_before = 0  # of the pipelines closed so far
+        self.events_before = 0
+        self._runtime_closed = False  # self.runtime was closed (its counts are folded in)
         if mqtt is not None:
             mqtt.attach(self)
 
@@ -142,6 +155,7 @@ class Daemon:
             self._first_frame.set()
 
     def _start(self, config: AgentConfig) -> None:
+        self._runtime_closed = False
         self.runtime = self._build(
             config,
             self.sink,
@@ -174,13 +188,37 @@ class Daemon:
             self.runtime.capture.join(timeout=10.0)
 
     def _drain(self) -> None:
+        """Stop the loop and free the runtime, unless the loop thread is still inside
+        it (a hung inference call): then nothing is freed under it (the process is
+        about to end or be restarted by the watchdog) and LoopStuck is raised."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=20.0)
-        if self.runtime is not None:
-            if self.runtime.secondary is not None:
-                self.runtime.secondary.stop()
-            self.runtime.close()
+            if self._thread.is_alive():
+                raise LoopStuck(
+                    "the loop thread did not stop within 20 s (inside inference?); its "
+                    "runtime is not freed under it"
+                )
+        runtime = self.runtime
+        if runtime is not None and not self._runtime_closed:
+            self._runtime_closed = True
+            snap = runtime.snapshot()
+            self.dropped_before += snap.frames_dropped
+            self.events_before += snap.events
+            if runtime.secondary is not None:
+                runtime.secondary.stop()
+            runtime.close()
+
+    def totals(self) -> Dict[str, int]:
+        """Frames processed and dropped, events, over every pipeline this process ran
+        (restarts by commands and SIGHUP included)."""
+        snap = self.snapshot()
+        live = snap is not None and not self._runtime_closed
+        return {
+            "frames": self.processed,
+            "dropped": self.dropped_before + (snap.frames_dropped if live and snap else 0),
+            "events": self.events_before + (snap.events if live and snap else 0),
+        }
 
     def _shutdown_capture(self) -> None:
         with self._control:  # waits for a command's pipeline restart to finish
@@ -217,6 +255,7 @@ class Daemon:
         self._stop.set()  # first: the loop must not take the end of capture for the end
         self._stop_capture()
         self._drain()
+        self.runtime = None  # freed: the new one is built without the old one alive
         try:
             result = prepare(config) if prepare is not None else None
             self.config = config
@@ -330,6 +369,9 @@ class Daemon:
         line = status_line(pipeline)
         if snap.source_state != "running":
             line += f", camera {snap.source_state}"
+        note = self.mqtt.outbox_note() if self.mqtt is not None else None
+        if note:
+            line += f", {note}"
         return line
 
     # -- main ----------------------------------------------------------------------

@@ -98,6 +98,8 @@ class Daemon:
         loop_deadline_s: float = LOOP_DEADLINE_S,
         mqtt: "Optional[MqttService]" = None,
         telemetry_sources: Callable[[AgentConfig], List[DeviceSource]] = default_sources,
+        outbox_deadline_s: float = OUTBOX_DEADLINE_S,
+        drain_timeout_s: float = 20.0,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -109,6 +111,7 @@ class Daemon:
         self._control = threading.RLock()  # commands, SIGHUP and shutdown, one at a time
         self._stopping = False
         self._build = build
+        self._drain_timeout_s = drain_timeout_s
         self._on_frame = on_frame
         self._max_frames = max_frames
         self.notifier = ServiceNotifier(make_notifier(environ))
@@ -120,7 +123,7 @@ class Daemon:
             "loop": self.watchdog.register("loop", loop_deadline_s),
         }
         if mqtt is not None:
-            outbox_beat = self.watchdog.register("outbox", OUTBOX_DEADLINE_S)
+            outbox_beat = self.watchdog.register("outbox", outbox_deadline_s)
             mqtt.set_outbox_heartbeat(outbox_beat.beat)
         self._first_frame = threading.Event()
         self.lifecycle = ServiceLifecycle(
@@ -193,11 +196,11 @@ class Daemon:
         about to end or be restarted by the watchdog) and LoopStuck is raised."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=20.0)
+            self._thread.join(timeout=self._drain_timeout_s)
             if self._thread.is_alive():
                 raise LoopStuck(
-                    "the loop thread did not stop within 20 s (inside inference?); its "
-                    "runtime is not freed under it"
+                    f"the loop thread did not stop within {self._drain_timeout_s:.0f} s "
+                    "(inside inference?); its runtime is not freed under it"
                 )
         runtime = self.runtime
         if runtime is not None and not self._runtime_closed:

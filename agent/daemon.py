@@ -264,8 +264,9 @@ class Daemon:
             self.config = config
             self._start(config)
             return result
-        except Exception:
-            log.exception("restarting the pipeline failed; restarting it as it was")
+        except Exception as exc:
+            log.error("restarting the pipeline failed (%s); restarting it as it was", exc)
+            log.debug("restarting the pipeline failed", exc_info=True)
             self.config = old
             self._start(old)
             raise
@@ -278,7 +279,11 @@ class Daemon:
     def apply_config(self, config: AgentConfig) -> str:
         """Switch to a validated configuration: live when the pipeline's own settings
         (camera, models, pipeline) are unchanged, else by restarting the pipeline.
-        Returns "live" or "restart"."""
+        Returns "live" or "restart". From another thread (a remote command) the work
+        is queued to the main thread, like a SIGHUP."""
+        return self.lifecycle.call_on_main(lambda: self._apply_config(config))
+
+    def _apply_config(self, config: AgentConfig) -> str:
         with self._control:
             if self._stopping:
                 raise RuntimeError("the agent is stopping")
@@ -295,7 +300,11 @@ class Daemon:
             return "restart"
 
     def restart_pipeline(self, prepare: Optional[Callable[[AgentConfig], Any]] = None) -> Any:
-        """Stop the pipeline, run ``prepare(config)`` if given (an engine rebuild), start it."""
+        """Stop the pipeline, run ``prepare(config)`` if given (an engine rebuild), start
+        it. On the main thread (queued there from other threads)."""
+        return self.lifecycle.call_on_main(lambda: self._restart_pipeline(prepare))
+
+    def _restart_pipeline(self, prepare: Optional[Callable[[AgentConfig], Any]]) -> Any:
         with self._control:
             if self._stopping:
                 raise RuntimeError("the agent is stopping")

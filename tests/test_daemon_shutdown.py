@@ -169,3 +169,52 @@ def test_a_hung_outbox_writer_stops_the_watchdog_and_status_names_a_full_disk(
         daemon.lifecycle.request_stop()
         thread.join(60)
     assert not thread.is_alive()
+
+
+def test_remote_restarts_run_on_the_main_thread_and_a_stop_answers_queued_ones(
+    manifest,  # noqa: F811
+    tmp_path,
+):
+    from agent.service.lifecycle import Stopping
+
+    config = load_config(str(write_config(tmp_path / "c.yaml", manifest))).config
+    sink = Sink()
+    daemon = Daemon(config, sink, environ={})
+    main = threading.Thread(target=daemon.run, kwargs={"install_signals": False}, name="main")
+    main.start()
+    ran_on = []
+    outcome = {}
+
+    def command():  # what the commands thread does for rebuild-engines
+        try:
+            outcome["result"] = daemon.restart_pipeline(
+                lambda cfg: ran_on.append(threading.current_thread().name) or "rebuilt"
+            )
+        except Stopping as exc:
+            outcome["error"] = exc
+
+    try:
+        assert daemon._first_frame.wait(60)
+        worker = threading.Thread(target=command, name="commands")
+        worker.start()
+        worker.join(60)
+        assert ran_on == ["main"] and outcome["result"] == "rebuilt"
+        # a command that arrives while the agent stops gets an answer, not a hang
+        release = threading.Event()
+        blocker = threading.Thread(
+            target=lambda: daemon.lifecycle.call_on_main(lambda: release.wait(30))
+        )
+        blocker.start()  # keeps the main thread busy
+        time.sleep(0.3)
+        late = threading.Thread(target=command, name="commands-2")
+        outcome.clear()
+        late.start()
+        daemon.lifecycle.request_stop()
+        release.set()
+        late.join(30)
+        blocker.join(30)
+        assert not late.is_alive()
+    finally:
+        daemon.lifecycle.request_stop()
+        main.join(60)
+    assert "error" in outcome or "result" in outcome  # answered either way

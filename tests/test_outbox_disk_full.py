@@ -88,13 +88,17 @@ def messages(caplog, text: str) -> List[str]:
     return [r.getMessage() for r in caplog.records if text in r.getMessage()]
 
 
-def test_a_full_disk_is_reported_once_bounded_and_recovers_without_silent_loss(disk, caplog):
+@pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])
+def test_a_full_disk_is_reported_once_bounded_and_recovers_without_silent_loss(
+    disk, caplog, policy
+):
     caplog.set_level(logging.INFO, logger="emotion_agent")
     health: List[Optional[str]] = []
     beats: List[float] = []
     box = open_outbox(
         disk.dir,
         max_pending=300,
+        pending_policy=policy,
         on_health=health.append,
         heartbeat=lambda: beats.append(time.monotonic()),
     ).start()
@@ -119,7 +123,7 @@ def test_a_full_disk_is_reported_once_bounded_and_recovers_without_silent_loss(d
     assert box.failing.startswith(cause) and str(disk.dir) in box.failing
     assert "bytes free" in box.failing
     # bounded, counted
-    assert stats.pending <= 300 and stats.max_pending == 300
+    assert stats.pending <= 300 and stats.max_pending == 300  # strictly
     assert stats.pending_dropped > 0 and stats.pending_dropped_events > 0
     # once per state change, not per event; the ROLLBACK does not mask the cause
     assert len(messages(caplog, "cannot store messages")) == 1
@@ -144,7 +148,9 @@ def test_a_full_disk_is_reported_once_bounded_and_recovers_without_silent_loss(d
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert len(events) + stats.lost_events == total
     assert stats.lost_events == stats.pending_dropped_events
-    assert seqs[-1] == total and stats.next_seq == total + 1
+    assert stats.next_seq == total + 1  # a trailing gap (drop-newest) is committed too
+    if policy == "drop-oldest":
+        assert seqs[-1] == total
     assert frames == sorted(frames)  # order kept
     missing = sorted(set(range(total)) - set(frames))
     missing_seqs = sorted(set(range(1, total + 1)) - set(seqs))

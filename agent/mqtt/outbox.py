@@ -367,6 +367,23 @@ class Outbox:
         if gap:
             self._pending.appendleft(_Gap(gap))
 
+    def _trim(self) -> None:
+        """Back within max_pending, by the policy (after a failed batch came back)."""
+        while self._queued > self._max_pending:
+            if self._policy == "drop-oldest":
+                self._drop_oldest_queued()
+                continue
+            tail: List[_Gap] = []
+            while self._pending and isinstance(self._pending[-1], _Gap):
+                tail.append(self._pending.pop())  # type: ignore[arg-type]
+            newest = self._pending.pop()
+            assert isinstance(newest, _Item)
+            self._queued -= 1
+            if newest.kind == KIND_EVENT:
+                self._queued_seqs -= 1  # _drop_queued counts it again, as a gap
+            self._pending.extend(reversed(tail))
+            self._drop_queued(newest, newest=True)
+
     def _drop_queued(self, item: _Item, newest: bool) -> None:
         """Drop ``item`` (the newest); an event leaves a gap marker at the queue's end."""
         self._count_pending_drop(item)
@@ -553,6 +570,7 @@ class Outbox:
                 self._pending.extendleft(reversed(batch))
                 self._queued += real
                 self._queued_seqs += taken_seqs
+                self._trim()  # what arrived meanwhile may have filled the queue
                 self._acks.extend(acks)
                 self._busy = False
                 self._cond.notify_all()

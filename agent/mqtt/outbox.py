@@ -487,10 +487,19 @@ class Outbox:
         except Exception:
             self._log.exception("outbox heartbeat failed")
 
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: on a full disk the WAL holds
+        many copies of the same few pages (every commit rewrites them), and giving
+        its space back is what lets the next small commits fit."""
+        with contextlib.suppress(sqlite3.Error):  # a reader holds it, or no room to copy
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _failed(self, exc: BaseException) -> None:
         """A commit failed: shrink the batch, record the unstored count, log a change."""
         kind, cause = self._describe_failure(exc)
         self._batch = max(1, self._batch // 4)
+        if kind == "full":
+            self._checkpoint()
         with self._cond:
             seqs, queued = self._queued_seqs, self._queued
         self._ledger.write(self._state.counters["next_seq"], seqs)

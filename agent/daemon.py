@@ -54,6 +54,9 @@ log = logging.getLogger("emotion_agent.daemon")
 
 CAPTURE_DEADLINE_S = 60.0  # an RTSP open can block for tens of seconds
 LOOP_DEADLINE_S = 30.0
+#: The outbox's writer beats every round: at least once a minute when idle, every few
+#: seconds while the disk fails. Longer means it hangs (a dead SD card in fsync).
+OUTBOX_DEADLINE_S = 180.0
 
 
 def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapshot:
@@ -76,6 +79,10 @@ def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     return config.model_dump(include={"camera", "models", "pipeline"})
 
 
+class LoopStuck(RuntimeError):
+    """The loop thread did not stop: its runtime stays allocated."""
+
+
 class Daemon:
     def __init__(
         self,
@@ -91,6 +98,8 @@ class Daemon:
         loop_deadline_s: float = LOOP_DEADLINE_S,
         mqtt: "Optional[MqttService]" = None,
         telemetry_sources: Callable[[AgentConfig], List[DeviceSource]] = default_sources,
+        outbox_deadline_s: float = OUTBOX_DEADLINE_S,
+        drain_timeout_s: float = 20.0,
     ) -> None:
         self.config = config
         self.sink = sink
@@ -102,6 +111,7 @@ class Daemon:
         self._control = threading.RLock()  # commands, SIGHUP and shutdown, one at a time
         self._stopping = False
         self._build = build
+        self._drain_timeout_s = drain_timeout_s
         self._on_frame = on_frame
         self._max_frames = max_frames
         self.notifier = ServiceNotifier(make_notifier(environ))
@@ -112,6 +122,9 @@ class Daemon:
             "capture": self.watchdog.register("capture", capture_deadline_s),
             "loop": self.watchdog.register("loop", loop_deadline_s),
         }
+        if mqtt is not None:
+            outbox_beat = self.watchdog.register("outbox", outbox_deadline_s)
+            mqtt.set_outbox_heartbeat(outbox_beat.beat)
         self._first_frame = threading.Event()
         self.lifecycle = ServiceLifecycle(
             self.notifier,
@@ -131,6 +144,9 @@ class Daemon:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.processed = 0
+        self.dropped_before = 0  # of the pipelines closed so far
+        self.events_before = 0
+        self._runtime_closed = False  # self.runtime was closed (its counts are folded in)
         if mqtt is not None:
             mqtt.attach(self)
 
@@ -142,6 +158,7 @@ class Daemon:
             self._first_frame.set()
 
     def _start(self, config: AgentConfig) -> None:
+        self._runtime_closed = False
         self.runtime = self._build(
             config,
             self.sink,
@@ -174,13 +191,37 @@ class Daemon:
             self.runtime.capture.join(timeout=10.0)
 
     def _drain(self) -> None:
+        """Stop the loop and free the runtime, unless the loop thread is still inside
+        it (a hung inference call): then nothing is freed under it (the process is
+        about to end or be restarted by the watchdog) and LoopStuck is raised."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=20.0)
-        if self.runtime is not None:
-            if self.runtime.secondary is not None:
-                self.runtime.secondary.stop()
-            self.runtime.close()
+            self._thread.join(timeout=self._drain_timeout_s)
+            if self._thread.is_alive():
+                raise LoopStuck(
+                    f"the loop thread did not stop within {self._drain_timeout_s:.0f} s "
+                    "(inside inference?); its runtime is not freed under it"
+                )
+        runtime = self.runtime
+        if runtime is not None and not self._runtime_closed:
+            self._runtime_closed = True
+            snap = runtime.snapshot()
+            self.dropped_before += snap.frames_dropped
+            self.events_before += snap.events
+            if runtime.secondary is not None:
+                runtime.secondary.stop()
+            runtime.close()
+
+    def totals(self) -> Dict[str, int]:
+        """Frames processed and dropped, events, over every pipeline this process ran
+        (restarts by commands and SIGHUP included)."""
+        snap = self.snapshot()
+        live = snap is not None and not self._runtime_closed
+        return {
+            "frames": self.processed,
+            "dropped": self.dropped_before + (snap.frames_dropped if live and snap else 0),
+            "events": self.events_before + (snap.events if live and snap else 0),
+        }
 
     def _shutdown_capture(self) -> None:
         with self._control:  # waits for a command's pipeline restart to finish
@@ -217,13 +258,15 @@ class Daemon:
         self._stop.set()  # first: the loop must not take the end of capture for the end
         self._stop_capture()
         self._drain()
+        self.runtime = None  # freed: the new one is built without the old one alive
         try:
             result = prepare(config) if prepare is not None else None
             self.config = config
             self._start(config)
             return result
-        except Exception:
-            log.exception("restarting the pipeline failed; restarting it as it was")
+        except Exception as exc:
+            log.error("restarting the pipeline failed (%s); restarting it as it was", exc)
+            log.debug("restarting the pipeline failed", exc_info=True)
             self.config = old
             self._start(old)
             raise
@@ -236,7 +279,11 @@ class Daemon:
     def apply_config(self, config: AgentConfig) -> str:
         """Switch to a validated configuration: live when the pipeline's own settings
         (camera, models, pipeline) are unchanged, else by restarting the pipeline.
-        Returns "live" or "restart"."""
+        Returns "live" or "restart". From another thread (a remote command) the work
+        is queued to the main thread, like a SIGHUP."""
+        return self.lifecycle.call_on_main(lambda: self._apply_config(config))
+
+    def _apply_config(self, config: AgentConfig) -> str:
         with self._control:
             if self._stopping:
                 raise RuntimeError("the agent is stopping")
@@ -253,7 +300,11 @@ class Daemon:
             return "restart"
 
     def restart_pipeline(self, prepare: Optional[Callable[[AgentConfig], Any]] = None) -> Any:
-        """Stop the pipeline, run ``prepare(config)`` if given (an engine rebuild), start it."""
+        """Stop the pipeline, run ``prepare(config)`` if given (an engine rebuild), start
+        it. On the main thread (queued there from other threads)."""
+        return self.lifecycle.call_on_main(lambda: self._restart_pipeline(prepare))
+
+    def _restart_pipeline(self, prepare: Optional[Callable[[AgentConfig], Any]]) -> Any:
         with self._control:
             if self._stopping:
                 raise RuntimeError("the agent is stopping")
@@ -330,6 +381,9 @@ class Daemon:
         line = status_line(pipeline)
         if snap.source_state != "running":
             line += f", camera {snap.source_state}"
+        note = self.mqtt.outbox_note() if self.mqtt is not None else None
+        if note:
+            line += f", {note}"
         return line
 
     # -- main ----------------------------------------------------------------------

@@ -152,15 +152,49 @@ def test_the_age_bound_drops_old_messages_but_not_those_stored_with_an_unset_clo
     box.close()
 
 
-def test_events_that_cannot_be_stored_are_counted_without_using_a_seq(tmp_path):
+def test_events_dropped_from_a_full_queue_leave_a_counted_gap_in_seq(tmp_path):
     box = open_outbox(tmp_path, max_pending=10)  # writer not started: the disk "hangs"
     for i in range(15):
         box.put_event(event(i))
-    assert box.stats().unstored == 5
+    stats = box.stats()
+    assert (stats.unstored, stats.pending, stats.pending_dropped) == (5, 10, 5)
+    assert stats.pending_dropped_events == 5 and stats.max_pending == 10
     box.start()
     box.flush(10)
-    assert seqs(box) == list(range(1, 11))  # no gap: lost before they got a number
+    # the 5 oldest were dropped: their seqs 1-5 are skipped, never reused, and counted
+    assert seqs(box) == list(range(6, 16))
+    assert [m.frame_index for m in _events(box)] == list(range(5, 15))
+    stats = box.stats()
+    assert (stats.lost_events, stats.last_lost_seq, stats.next_seq) == (5, 5, 16)
+    assert box.lost_this_run() == (5, 5)
     box.close()
+    again = open_outbox(tmp_path)
+    assert again.stats().lost_events == 5  # persisted
+    again.close()
+
+
+def test_the_newest_policy_keeps_the_oldest_and_puts_the_gap_where_the_drops_were(tmp_path):
+    box = open_outbox(tmp_path, max_pending=10, pending_policy="drop-newest")
+    for i in range(15):
+        box.put_event(event(i))
+    box.put(KIND_TELEMETRY, b"{}")  # dropped too: counted, no seq
+    box.start()
+    box.flush(10)
+    box.put_event(event(15))
+    box.flush(10)
+    assert seqs(box) == [*range(1, 11), 16]  # 11-15 skipped
+    assert [m.frame_index for m in _events(box)] == [*range(10), 15]
+    stats = box.stats()
+    assert (stats.pending_dropped, stats.pending_dropped_events, stats.lost_events) == (6, 5, 5)
+    box.close()
+
+
+def _events(box: Outbox):
+    return [
+        EventMessage.model_validate_json(m.payload).event
+        for m in box.fetch_after(0, 10**6)
+        if m.kind == KIND_EVENT
+    ]
 
 
 def test_the_file_is_sqlite_in_wal_mode(tmp_path):
@@ -186,5 +220,6 @@ def test_commit_retries_back_off_and_never_overflow():
     from agent.mqtt.outbox import commit_retry_delay
 
     assert [commit_retry_delay(n) for n in (1, 2, 3)] == [0.2, 0.4, 0.8]
-    assert commit_retry_delay(9) == 30.0
-    assert commit_retry_delay(10**6) == 30.0  # days of a failing disk
+    assert commit_retry_delay(9) == 5.0  # short: space may come back any time
+    assert commit_retry_delay(9, cap=30.0) == 30.0
+    assert commit_retry_delay(10**6) == 5.0  # days of a failing disk

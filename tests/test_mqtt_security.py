@@ -15,10 +15,14 @@ from tests.mqtt_helpers import Subscriber, wait_until
 BASE = "emotion/lobby/cam-1"
 
 # The fleet ACL from docs/mqtt.md: each device reads and writes only below its own
-# topics (%u is the user name, which is the device id); the controller reads every
-# device's topics and writes commands.
+# fleet and id (one block per device); the controller reads every device's topics
+# and writes commands.
 FLEET_ACL = """\
-pattern readwrite emotion/+/%u/#
+user cam-1
+topic readwrite emotion/lobby/cam-1/#
+
+user cam-2
+topic readwrite emotion/lobby/cam-2/#
 
 user ctl
 topic read emotion/#

@@ -1,5 +1,6 @@
 """The service unit: `systemd-analyze verify` is silent, `systemd-analyze security
---offline=yes` rates it at most 3.0, the settings the agent relies on are there, and
+--offline=yes` rates it at most 1.6 (each remaining exposure is explained in
+docs/operations.md), the settings the agent relies on are there, and
 the sysusers entry creates the user in the video group.
 
 `verify` checks that ExecStart= names an existing executable, and the unit's
@@ -24,7 +25,7 @@ from tests.conftest import REPO
 UNIT = REPO / "systemd" / "emotion-agent.service"
 SYSUSERS = REPO / "systemd" / "emotion-agent.sysusers"
 INSTALLED_EXEC = "/opt/emotion-agent/venv/bin/emotion-agent"
-MAX_EXPOSURE = 3.0
+MAX_EXPOSURE = 1.6  # issue 14: keep it here; docs/operations.md explains the rest
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -87,13 +88,13 @@ def test_verify_would_catch_a_mistake(tmp_path):
 
 
 @needs_analyze
-def test_security_exposure_at_most_3(tmp_path):
+def test_security_exposure_at_most_1_6(tmp_path):
     unit = verifiable_copy(tmp_path)
     value = exposure(unit)
     print(f"systemd-analyze security exposure: {value}")
     assert value <= MAX_EXPOSURE
     threshold = analyze(
-        "security", "--offline=yes", f"--threshold={int(MAX_EXPOSURE * 10)}", str(unit)
+        "security", "--offline=yes", f"--threshold={round(MAX_EXPOSURE * 10)}", str(unit)
     )
     assert threshold.returncode == 0, threshold.stdout
 

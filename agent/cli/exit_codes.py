@@ -4,3 +4,4 @@
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something failed (doctor: a check failed)
 EXIT_USAGE = 2  # a bad command line (argparse)
+EXIT_EVENTS_LOST = 75  # run: events were lost (the outbox could not store them; EX_TEMPFAIL)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
 from agent.cli.context import CliContext
-from agent.cli.exit_codes import EXIT_FAILURE
+from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE
 from agent.cli.progress import FrameProgress
 from agent.config import AgentConfig
 from agent.daemon import Daemon
@@ -161,14 +161,26 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             written = preview.close()
             if written:
                 ctx.logger.info("preview written to %s (%d frames)", written, preview.frames)
-    snap = daemon.snapshot()
-    if snap is not None:
+    if daemon.snapshot() is not None:
+        totals = daemon.totals()  # across pipeline restarts
         ctx.logger.info(
             "stopped after %d frames (%d dropped, %d events)",
-            daemon.processed,
-            snap.frames_dropped,
-            snap.events,
+            totals["frames"],
+            totals["dropped"],
+            totals["events"],
         )
+    if mqtt is not None:
+        lost_messages, lost_events = mqtt.lost_this_run()
+        if lost_messages:  # the last line says it, and so does the exit code
+            ctx.logger.error(
+                "%d events (%d messages in all) were lost this run: the outbox could not "
+                "store them (its disk refused them); subscribers see each lost event as a "
+                "gap in seq; exit code %d",
+                lost_events,
+                lost_messages,
+                EXIT_EVENTS_LOST,
+            )
+            return EXIT_EVENTS_LOST
     return code
 
 

@@ -59,9 +59,24 @@ def resolve_config_path(
     return default, False
 
 
+#: Bounds checked before a configuration file is parsed (a hostile or broken file must
+#: not exhaust a 4 GB device): size, nesting depth, aliases, and the number of values
+#: once aliases are expanded (an "alias bomb" is small on disk, huge expanded).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 32
+MAX_YAML_ALIASES = 100
+MAX_YAML_VALUES = 100_000
+
+
 def _read_text(path: Path) -> str:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                str(path),
+                [ConfigIssue("", f"is larger than {MAX_CONFIG_BYTES // 1024} KiB; not read")],
+            )
     except FileNotFoundError:
         raise ConfigError(str(path), [ConfigIssue("", "configuration file not found")]) from None
     except IsADirectoryError:
@@ -97,6 +112,7 @@ def _parse_yaml(text: str, source: str) -> Tuple[Any, Dict[KeyPath, int], List[C
     only the problem and its position are reported.
     """
     try:
+        _check_yaml_bounds(text, source)
         node = yaml.compose(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -139,6 +155,56 @@ def _parse_yaml(text: str, source: str) -> Tuple[Any, Dict[KeyPath, int], List[C
     except yaml.YAMLError:  # pragma: no cover - compose() already accepted it
         raise ConfigError(source, [ConfigIssue("", "invalid YAML")]) from None
     return data, lines, issues
+
+
+def _check_yaml_bounds(text: str, source: str) -> None:
+    """Walk the YAML event stream (no recursion, nothing built) and refuse a document
+    nested deeper than MAX_YAML_DEPTH, with more than MAX_YAML_ALIASES aliases, or
+    with more than MAX_YAML_VALUES values once its aliases are expanded."""
+    if len(text.encode("utf-8")) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            source, [ConfigIssue("", f"is larger than {MAX_CONFIG_BYTES // 1024} KiB; not read")]
+        )
+
+    def refuse(event: yaml.Event, what: str) -> None:
+        line = event.start_mark.line + 1 if event.start_mark else 0
+        raise ConfigError(source, [ConfigIssue("", f"line {line}: {what}")])
+
+    sizes: List[int] = [0]  # expanded values in each open collection
+    anchors_open: List[Optional[str]] = []
+    expanded: Dict[str, int] = {}
+    total = aliases = 0
+    for event in yaml.parse(text, Loader=_StrictLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            sizes.append(1)
+            anchors_open.append(event.anchor)
+            total += 1
+            if len(anchors_open) > MAX_YAML_DEPTH:
+                refuse(event, f"nested more than {MAX_YAML_DEPTH} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            size = sizes.pop()
+            anchor = anchors_open.pop()
+            if anchor is not None:
+                expanded[anchor] = size
+            sizes[-1] += size
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                expanded[event.anchor] = 1
+            sizes[-1] += 1
+            total += 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                refuse(event, f"more than {MAX_YAML_ALIASES} aliases (*name)")
+            size = expanded.get(str(event.anchor), 1)
+            sizes[-1] += size
+            total += size
+        if total > MAX_YAML_VALUES:
+            refuse(
+                event,
+                f"more than {MAX_YAML_VALUES} values once aliases are expanded "
+                "(a configuration needs a few hundred)",
+            )
 
 
 def _parse_override_value(text: str) -> Any:

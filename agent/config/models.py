@@ -295,6 +295,17 @@ class OutboxConfig(Section):
     flush_timeout_s: float = Field(
         5.0, ge=0, le=25, description="On stop: how long to wait for the broker to ack the backlog."
     )
+    max_pending: int = Field(
+        10_000,
+        ge=100,
+        le=1_000_000,
+        description="Messages held in memory while the disk refuses commits (disk full), at "
+        "most; about 1 KiB each. Past it pending_policy drops one, counted in telemetry; "
+        "a dropped event leaves a gap in seq.",
+    )
+    pending_policy: Literal["drop-oldest", "drop-newest"] = Field(
+        "drop-oldest", description="Which message a full in-memory queue drops."
+    )
 
 
 class DiscoveryConfig(Section):

@@ -13,8 +13,9 @@ publishes only in its own subtree, and never on its status, events or telemetry
 because someone asked); another one gets an error on the default topic.
 
 Commands: ``ping``; ``get-config`` (secrets masked); ``set-config`` (``args.config``:
-a partial configuration merged into the running one, validated with the same
-models as the file; applied live when only telemetry/logging change, else by a
+a partial configuration merged into the running one; only the runtime settings in
+:data:`SETTABLE`, never a path, credential, broker or identity; validated with the
+same models as the file; applied live when only telemetry/logging change, else by a
 clean restart of the pipeline; not written to disk); ``restart-pipeline``;
 ``rebuild-engines`` (stops the pipeline, rebuilds its engines with ``force``, starts
 it again; an error where no builder is wired).
@@ -39,7 +40,6 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.config.messages import issues_from_validation_error
 from agent.mqtt.client import InboundMessage, MqttConnection
 from agent.mqtt.messages import (
     CommandError,
@@ -55,9 +55,50 @@ from agent.mqtt.topics import Topics
 log = logging.getLogger("emotion_agent.commands")
 
 MAX_PAYLOAD_BYTES = 64 * 1024
-#: Sections set-config may change. device and mqtt would move the device off its
-#: topics or broker, state_dir off its outbox: those need the file and a restart.
-SETTABLE_SECTIONS = ("camera", "models", "pipeline", "telemetry", "logging")
+#: The settings ``set-config`` may change: runtime settings only. Paths (the model
+#: manifest, the engine cache, state_dir, TLS files, the camera source, which may be
+#: a file or a device), credentials, the broker and the device's identity come only
+#: from the local file, environment or command line: a controller must not be able
+#: to make the agent read or write a file. docs/mqtt.md lists them.
+SETTABLE = frozenset(
+    {
+        "camera.width",
+        "camera.height",
+        "camera.fps",
+        "camera.loop",
+        "camera.reconnect_initial_s",
+        "camera.reconnect_max_s",
+        "models.detector",
+        "models.landmarks",
+        "models.emotion",
+        "models.backend",
+        "models.max_batch",
+        "models.onnxruntime_threads",
+        "models.tensorrt_workspace_mb",
+        "pipeline.detect_every_n",
+        "pipeline.detection_threshold",
+        "pipeline.nms_iou",
+        "pipeline.min_face_px",
+        "pipeline.max_faces",
+        "pipeline.emotion_min_confidence",
+        "pipeline.smoothing_alpha",
+        "pipeline.track_iou",
+        "pipeline.track_timeout_s",
+        "pipeline.summary_interval_s",
+        "pipeline.max_fps",
+        "pipeline.overlap_detection",
+        "pipeline.secondary.enabled",
+        "pipeline.secondary.model",
+        "pipeline.secondary.rate_hz",
+        "telemetry.enabled",
+        "telemetry.interval_s",
+        "telemetry.use_jtop",
+        "logging.level",
+    }
+)
+#: Longest error text sent back (validation messages are about the request, and
+#: never carry file contents: no remotely settable value names a file).
+MAX_ERROR_CHARS = 300
 COMMANDS = ("ping", "get-config", "set-config", "restart-pipeline", "rebuild-engines")
 
 
@@ -253,8 +294,15 @@ class CommandDispatcher:
         except CommandFailed as exc:
             return self._reply(message, request, error=(exc.code, exc.message))
         except Exception as exc:
-            self._log.exception("command on %s failed", message.topic)
-            return self._reply(message, request, error=("failed", f"{type(exc).__name__}: {exc}"))
+            # The reason stays in the local log (its text may quote a local file); the
+            # traceback only at debug level. The controller learns what failed, not why.
+            self._log.error("command on %s failed: %s", message.topic, _short(str(exc)))
+            self._log.debug("command on %s failed", message.topic, exc_info=True)
+            return self._reply(
+                message,
+                request,
+                error=("failed", f"{type(exc).__name__}; the device's log has the details"),
+            )
 
     def _run(self, name: str, args: Dict[str, Any]) -> Dict[str, Any]:
         if name == "set-config":
@@ -289,23 +337,35 @@ class CommandDispatcher:
         patch: Dict[str, Any] = args["config"]
         if not patch:
             raise CommandFailed("bad_request", "set-config: the config is empty")
-        refused = [key for key in patch if key not in SETTABLE_SECTIONS]
+        paths = _leaf_paths(patch)
+        unknown = [path for path in paths if not _known(path)]
+        if unknown:
+            raise CommandFailed(
+                "invalid_config",
+                _short("unknown key: " + ", ".join(_short(p, 80) for p in unknown[:10])),
+            )
+        sections = [path for path in paths if _known(path) == "section"]
+        if sections:
+            raise CommandFailed(
+                "invalid_config",
+                _short(f"{', '.join(sections[:10])}: a section takes an object of settings"),
+            )
+        refused = [path for path in paths if path not in SETTABLE]
         if refused:
+            shown = ", ".join(_short(path, 80) for path in refused[:10])
             raise CommandFailed(
                 "not_allowed",
-                f"cannot be set remotely: {', '.join(map(str, refused))} (only "
-                f"{', '.join(SETTABLE_SECTIONS)}; change the others in the file)",
+                f"cannot be set remotely: {shown}{' ...' if len(refused) > 10 else ''} "
+                "(only runtime settings, docs/mqtt.md; paths, credentials, the broker and "
+                "the device's identity come from the local configuration file)",
             )
         current = self.control.current_config()
-        try:
+        try:  # no file is read: nothing that names one can change (SETTABLE)
             new = AgentConfig.model_validate(
-                deep_merge(current.model_dump(), patch), context={"check_files": True}
+                deep_merge(current.model_dump(), patch), context={"check_files": False}
             )
         except ValidationError as exc:
-            issues = issues_from_validation_error(exc, {})
-            raise CommandFailed(
-                "invalid_config", "; ".join(i.render(None) for i in issues)
-            ) from None
+            raise CommandFailed("invalid_config", _describe(exc)) from None
         except (ValueError, TypeError, RecursionError) as exc:
             raise CommandFailed("invalid_config", _describe(exc)) from None
         changed = _changed(current.masked(), new.masked())
@@ -316,11 +376,45 @@ class CommandDispatcher:
         return {"applied": how, "changed": changed}
 
 
+def _leaf_paths(patch: Dict[str, Any], prefix: str = "") -> List[str]:
+    """Dotted paths of the values a patch sets (a dict value is a section, not a leaf,
+    unless it is empty)."""
+    paths: List[str] = []
+    for key, value in patch.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and len(paths) < 1000:
+            paths += _leaf_paths(value, f"{path}.")
+        else:
+            paths.append(path)
+    return paths
+
+
+def _known(path: str) -> Optional[str]:
+    """ "setting" or "section" if this dotted path is one in the configuration, else None."""
+    model: Any = AgentConfig
+    for part in path.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) else None
+    return "section" if hasattr(model, "model_fields") else "setting"
+
+
+def _short(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """One line, at most ``limit`` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _describe(exc: BaseException) -> str:
+    """What was wrong with a request, without the values sent or anything read."""
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False)
+        return _short(
+            "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'payload'}: {err['msg']}"
+                for err in exc.errors(include_url=False, include_input=False, include_context=False)
+            )
         )
     if isinstance(exc, UnicodeDecodeError):
         return "the payload is not UTF-8"
@@ -328,4 +422,4 @@ def _describe(exc: BaseException) -> str:
         return f"the payload is not JSON ({exc.msg} at {exc.pos})"
     if isinstance(exc, RecursionError):
         return "the payload is nested too deeply"
-    return str(exc)
+    return _short(str(exc))

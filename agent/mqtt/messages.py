@@ -10,7 +10,7 @@ detects loss and duplicates). docs/schemas/*.json are generated from these model
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +65,13 @@ class StatusMessage(Envelope):
     state: StatusState
     version: str = Field(description="The agent's version.")
     site: Optional[str] = Field(None, description="device.site")
+    degraded: Optional[List[Literal["outbox"]]] = Field(
+        None,
+        description='"online" but impaired: "outbox" = events cannot be stored (a full '
+        "disk); they are queued in memory up to mqtt.outbox.max_pending, then dropped and "
+        "counted. Absent when healthy.",
+    )
+    detail: Optional[str] = Field(None, description="Why it is degraded (the cause).")
 
 
 class OutboxTelemetry(Wire):
@@ -81,7 +88,22 @@ class OutboxTelemetry(Wire):
     )
     last_dropped_seq: Optional[int] = Field(None, description="Highest event seq dropped.")
     unstored: int = Field(
-        0, ge=0, description="Events lost before they got a seq (store failing), this run."
+        0, ge=0, description="Messages never stored (dropped from the queue), this run."
+    )
+    pending: int = Field(0, ge=0, description="Messages queued in memory, not yet committed.")
+    max_pending: int = Field(0, ge=0, description="The bound on pending (then drops).")
+    pending_dropped: int = Field(
+        0, ge=0, description="Messages dropped from the full queue in memory, this run."
+    )
+    lost_events: int = Field(
+        0,
+        ge=0,
+        description="Events never stored (disk refused them), ever (persisted): each one "
+        "is a skipped seq.",
+    )
+    last_lost_seq: Optional[int] = Field(None, description="Highest seq skipped that way.")
+    failing: Optional[str] = Field(
+        None, description="Why the outbox cannot store messages now (disk full: ...)."
     )
 
 

@@ -74,6 +74,7 @@ class Publisher:
         self.published = 0
         self.on_connected_hooks = []  # type: ignore[var-annotated]  # e.g. HA discovery
         outbox.on_commit = self._committed
+        outbox.on_health = self._outbox_health
         hooks = connection.hooks
         hooks.pump = self._pump
         hooks.on_ack = self._on_ack
@@ -94,6 +95,8 @@ class Publisher:
             ),
             device_id=config.device.id,
             fleet=config.device.fleet,
+            max_pending=m.outbox.max_pending,
+            pending_policy=m.outbox.pending_policy,
             logger=logger,
         )
         holder: Dict[str, Publisher] = {}
@@ -123,6 +126,7 @@ class Publisher:
         return self
 
     def status_payload(self, state: StatusState) -> bytes:
+        failing = self.outbox.failing if state == "online" else None
         return to_json(
             StatusMessage(
                 device_id=self.topics.device,
@@ -131,7 +135,16 @@ class Publisher:
                 state=state,
                 version=self.version,
                 site=self.site,
+                degraded=["outbox"] if failing else None,
+                detail=failing,
             )
+        )
+
+    def _outbox_health(self, cause: Optional[str]) -> None:
+        """The outbox started or stopped failing (writer thread): say so in the retained
+        status at once, so that dashboards see it even though events cannot flow."""
+        self.connection.publish(
+            self.topics.status, self.status_payload("online"), qos=1, retain=True
         )
 
     def will(self) -> Tuple[str, bytes]:
@@ -195,6 +208,12 @@ class Publisher:
             dropped_by_limit=s.dropped_by_limit,
             last_dropped_seq=s.last_dropped_seq,
             unstored=s.unstored,
+            pending=s.pending,
+            max_pending=s.max_pending,
+            pending_dropped=s.pending_dropped,
+            lost_events=s.lost_events,
+            last_lost_seq=s.last_lost_seq,
+            failing=s.failing,
         )
 
     def connection_telemetry(self) -> ConnectionTelemetry:
@@ -207,12 +226,17 @@ class Publisher:
         )
 
     def publish_telemetry(self, message: TelemetryMessage) -> None:
-        """Store a telemetry message in the outbox (QoS 1, in order with the events)."""
+        """Store a telemetry message in the outbox (QoS 1, in order with the events).
+        While the outbox cannot store anything (a full disk), publish it directly
+        instead (QoS 1, not durable), so that the fleet still sees the device and why."""
         envelope = TelemetryEnvelope(
             **message.model_dump(),
             outbox=self.outbox_telemetry(),
             mqtt=self.connection_telemetry(),
         )
+        if self.outbox.failing:
+            self.connection.publish(self.topics.telemetry, to_json(envelope), qos=1)
+            return
         self.outbox.put(KIND_TELEMETRY, to_json(envelope))
 
     # -- network thread -----------------------------------------------------------------

@@ -3,7 +3,7 @@
 enabled, Home Assistant discovery. The daemon drives it (docs/mqtt.md)."""
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from agent.config import AgentConfig
 from agent.mqtt.commands import AgentControl, CommandDispatcher, Rebuild
@@ -55,6 +55,27 @@ class MqttService:
 
     def outbox_depth(self) -> int:
         return self.publisher.outbox.depth
+
+    def set_outbox_heartbeat(self, beat: Callable[[], None]) -> None:
+        """Called every round of the outbox's writer (the watchdog sees a hung disk)."""
+        self.publisher.outbox.heartbeat = beat
+
+    def outbox_note(self) -> Optional[str]:
+        """For STATUS=: what is wrong with the outbox, or None."""
+        s = self.publisher.outbox.stats()
+        parts = []
+        if s.failing:
+            parts.append(
+                f"outbox FAILING ({s.failing}) for {s.failing_for_s or 0:.0f} s, "
+                f"{s.pending}/{s.max_pending} queued in memory"
+            )
+        if s.pending_dropped:
+            parts.append(f"{s.pending_dropped} messages dropped from memory")
+        return ", ".join(parts) or None
+
+    def lost_this_run(self) -> Tuple[int, int]:
+        """(messages, events) never stored this run; final once the service is closed."""
+        return self.publisher.outbox.lost_this_run()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         return self.publisher.flush(timeout)

@@ -8,6 +8,12 @@
   *first*; only a valid one is applied. A bad one is logged and the agent keeps
   running with the old one. ``READY=1`` afterwards either way.
 
+- Work from other threads that must not run beside the pipeline's own control
+  (remote commands that restart the pipeline or rebuild engines):
+  :meth:`ServiceLifecycle.call_on_main` queues it to the main thread, like a
+  SIGHUP, and waits for its result; a stop answers what is still queued with
+  :class:`Stopping`.
+
 Signal handlers only record the signal and wake the main thread through a
 pipe (os.write is async-signal-safe; taking a lock in a handler could deadlock
 the main thread that holds it). The work happens in :meth:`ServiceLifecycle.run`
@@ -19,6 +25,7 @@ import logging
 import os
 import select
 import signal
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar
@@ -29,6 +36,32 @@ T = TypeVar("T")
 
 STOP = "stop"
 RELOAD = "reload"
+CALL = "call"
+
+
+class Stopping(RuntimeError):
+    """The service is stopping: queued work was not run."""
+
+
+class _Call:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as exc:  # handed to the waiting thread
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def cancel(self) -> None:
+        self.error = Stopping("the agent is stopping")
+        self.done.set()
+
 
 ShutdownStep = Tuple[str, Callable[[], None]]
 
@@ -72,6 +105,8 @@ class ServiceLifecycle:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         self._previous: Dict[int, Any] = {}
+        self._calls: Deque[_Call] = deque()
+        self._main: Optional[threading.Thread] = None  # the thread in run()
         self.stopped = False
 
     # -- requests (signal handlers, other threads, tests) -------------------------------
@@ -81,6 +116,36 @@ class ServiceLifecycle:
 
     def request_reload(self) -> None:
         self._push(RELOAD)
+
+    def call_on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the thread in :meth:`run` (between signals, never beside a
+        reload or the shutdown) and return its result or raise its exception. Called
+        from that thread itself, it runs at once. Raises :class:`Stopping` when the
+        service stops before it ran."""
+        if threading.current_thread() is self._main:
+            return fn()
+        if self.stopped:
+            raise Stopping("the agent is stopping")
+        call = _Call(fn)
+        self._calls.append(call)
+        self._push(CALL)
+        if self.stopped:  # stopped meanwhile: nobody will run it
+            self._cancel_calls()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[no-any-return]
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            self._calls.popleft().run()
+
+    def _cancel_calls(self) -> None:
+        while self._calls:
+            try:
+                self._calls.popleft().cancel()
+            except IndexError:
+                break
 
     def _push(self, event: str) -> None:
         self._events.append(event)  # deque.append is atomic
@@ -174,12 +239,16 @@ class ServiceLifecycle:
 
         Returns the exit code: 0 after a clean shutdown, 1 if a step failed.
         """
+        self._main = threading.current_thread()
         while True:
             event = self.wait(idle_s)
             if event == STOP:
                 break
             if event == RELOAD:
                 self.reload()
+                continue
+            if event == CALL:
+                self._run_calls()
                 continue
             if on_idle is not None:
                 try:
@@ -188,7 +257,10 @@ class ServiceLifecycle:
                     self._log.exception("periodic task failed")
             if self._status is not None:
                 self.notifier.status(self._status())
+        self.stopped = True  # no new calls; the queued ones are answered
+        self._cancel_calls()
         results = self.shutdown()
+        self._main = None
         return 0 if all(ok for _, ok in results) else 1
 
     def close(self) -> None:

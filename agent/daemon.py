@@ -371,7 +371,8 @@ class Daemon:
     # -- status ----------------------------------------------------------------
 
     def snapshot(self) -> Optional[MetricsSnapshot]:
-        return self.runtime.snapshot() if self.runtime is not None else None
+        runtime = self.runtime  # read once: a restart sets it to None meanwhile
+        return runtime.snapshot() if runtime is not None else None
 
     def status(self) -> str:
         snap = self.snapshot()

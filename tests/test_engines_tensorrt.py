@@ -5,13 +5,16 @@ TensorRT 8.2, 8.6 and 10 and of pycuda, and compute results by running the plan'
 ONNX graph at the addresses the engine was bound to (see tests/fakes/__init__.py).
 """
 
+import gc
 import threading
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
 from engines.cache import EngineCache
+from engines.cuda_owner import process_owner, shutdown_process_owner
 from engines.manifest import load_manifest
 from engines.prepare import (
     EngineEnvironment,
@@ -55,9 +58,16 @@ class Recorder(BuildReporter):
 
 
 class Machine:
-    """A fake GPU with fake tensorrt + pycuda modules, and the environment that loads them."""
+    """A fake GPU with fake tensorrt + pycuda modules, and the environment that loads them.
+
+    Every machine a test makes is checked when the test ends (``strict_machines``): its
+    CUDA owner is shut down and nothing the real libraries would leak or crash on may
+    have happened (``gpu.violations``)."""
+
+    made: list = []
 
     def __init__(self, version="8.2.1.8", **gpu_args):
+        Machine.made.append(self)
         self.gpu = FakeGpu(**gpu_args)
         self.version = version
         maker = tensorrt10 if version.startswith("10.") else tensorrt8
@@ -68,6 +78,28 @@ class Machine:
         values = dict(now=lambda: WHEN, load_tensorrt=lambda: TensorRTModules(self.trt, self.cuda))
         values.update(changes)
         return EngineEnvironment(**values)
+
+
+@pytest.fixture(autouse=True)
+def strict_machines():
+    Machine.made = []
+    yield
+    machines, Machine.made = Machine.made, []
+    gc.collect()
+    for machine in machines:
+        shutdown_process_owner(machine.cuda)
+    for machine in machines:
+        assert machine.gpu.violations == []
+
+
+def assert_all_tensorrt_objects_died_on_the_cuda_thread(machine):
+    """Every TensorRT object made was destroyed, on the owner thread, context current."""
+    gc.collect()
+    made = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "create")
+    died = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "destroy")
+    assert made == died, f"alive: {made - died}"
+    wrong = [e for e in machine.gpu.lifetimes if e[2] != "cuda" or not e[3]]
+    assert wrong == []
 
 
 @pytest.fixture
@@ -121,7 +153,7 @@ def test_build_and_run_on_each_api_generation(tmp_path, models, version, integra
         expected_flags = "0" if version.startswith("10.") else "1"
         assert f"builder.create_network({expected_flags})" in calls
     assert "config.set_flag(FP16)" in calls
-    assert machine.gpu.contexts == []  # every push was popped
+    assert machine.gpu.contexts == []  # nothing pushed on this thread
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -290,7 +322,9 @@ def test_a_plan_that_tensorrt_refuses_is_rebuilt(tmp_path, models):
     def refuse_once(self, blob):
         if refusals:
             refusals.pop()
-            self.logger.log(machine.trt.ILogger.Severity.ERROR, "Serialization error (test)")
+            machine.trt.kit.error(
+                self, machine.trt.ErrorCode.INVALID_ARGUMENT, "Serialization error (test)"
+            )
             return None
         return real(self, blob)
 
@@ -469,23 +503,31 @@ def test_builds_use_the_configured_workspace(tmp_path, models):
         assert b'"workspace": 134217728' in plan.read_bytes()
 
 
-def test_the_cuda_context_lives_until_the_last_backend_is_closed(tmp_path, models):
+def test_the_cuda_context_is_made_once_and_outlives_every_backend(tmp_path, models):
     _, manifest = models
     machine = Machine(integrated=False)
     backends = prepare_engines(manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env())
-    assert "context.detach" not in machine.gpu.calls  # the backends still use it
+    owner = process_owner(machine.cuda)
+    assert owner.users == 2  # the toolchain let go; each backend holds the owner
     backends["alpha"].close()
     backends["alpha"].close()  # idempotent
-    assert "context.detach" not in machine.gpu.calls
     check_numbers(backends["beta"], models[0]["beta"], batches=(2,))
     backends["beta"].close()
-    assert machine.gpu.calls.count("context.detach") == 1
-    assert machine.gpu.memory == {}
+    assert owner.users == 0
+    assert machine.gpu.memory == {}  # every device buffer freed
+    assert machine.gpu.stats["host_alive"] == 0  # and every page-locked one
+    assert "context.detach" not in machine.gpu.calls  # kept for the next preparation
+    again = prepare_engines(manifest, ["alpha"], settings(tmp_path), env=machine.env())
+    again["alpha"].close()
+    made = [c for c in machine.gpu.calls if c.startswith("device.make_context")]
+    assert len(made) == 1  # reused, never re-made
 
 
-def test_a_failed_preparation_frees_the_cuda_context(tmp_path, models):
+def test_a_failed_preparation_releases_everything(tmp_path, models):
     _, manifest = models
     machine = Machine()
     with pytest.raises(EnginePreparationError):
         prepare_engines(manifest, ["alpha", "nope"], settings(tmp_path), env=machine.env())
-    assert machine.gpu.calls.count("context.detach") == 1
+    assert process_owner(machine.cuda).users == 0
+    assert machine.gpu.memory == {} and machine.gpu.stats["host_alive"] == 0
+    assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)

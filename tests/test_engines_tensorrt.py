@@ -7,6 +7,7 @@ ONNX graph at the addresses the engine was bound to (see tests/fakes/__init__.py
 
 import functools
 import gc
+import logging
 import threading
 import time
 from collections import Counter
@@ -724,3 +725,41 @@ def test_tensorrt_11_is_refused_by_name_not_failed_build_by_build(tmp_path, mode
     assert not list((tmp_path / "cache").glob("*.failed.json"))
     assert machine.gpu.calls == []  # CUDA not even initialised
     backend.close()
+
+
+def test_tensorrt_present_but_every_build_failed_is_an_error(tmp_path, models, caplog):
+    """Finding 6: never a quiet fallback. Each model's backend says why (for telemetry's
+    ``tensorrt_failed``), and the log has one ERROR naming them, on every boot."""
+    _, manifest = models
+    machine = Machine()
+    machine.gpu.fail_builds = True
+    for boot in ("first", "next"):  # the next boot skips the failed build, still loudly
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="emotion_agent.engines"):
+            backends = prepare_engines(
+                manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env()
+            )
+        for backend in backends.values():
+            assert backend.kind == "onnxruntime"
+            assert "Out of memory" in backend.info.tensorrt_error, boot
+        (record,) = [r for r in caplog.records if "is installed but" in r.getMessage()]
+        message = record.getMessage()
+        assert record.levelno == logging.ERROR
+        assert "every model" in message and "alpha" in message and "beta" in message
+        assert "engines build --force" in message
+    assert machine.gpu.stats["builds"] == 0  # the second boot did not retry
+
+
+def test_no_tensorrt_error_when_tensorrt_works_or_is_absent(tmp_path, models, caplog):
+    _, manifest = models
+    machine = Machine()
+    with caplog.at_level(logging.ERROR, logger="emotion_agent.engines"):
+        (backend,) = prepare_engines(
+            manifest, ["alpha"], settings(tmp_path), env=machine.env()
+        ).values()
+        backend.close()
+        (fallback,) = prepare_engines(
+            manifest, ["alpha"], settings(tmp_path / "o", backend="onnxruntime"), env=machine.env()
+        ).values()
+    assert backend.info.tensorrt_error is None and fallback.info.tensorrt_error is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

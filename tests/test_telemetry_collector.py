@@ -183,6 +183,18 @@ def test_message_pipeline_agent_and_wire_format():
     assert status_line(None) == "starting"
 
 
+def test_tensorrt_failures_are_flagged_in_telemetry_and_the_status_line():
+    from agent.telemetry.pipeline import to_wire
+
+    snapshot = PipelineSnapshot(
+        models=[ModelSnapshot("emotion", "emotionnet", "onnxruntime")],
+        tensorrt_failed=["emotionnet"],
+    )
+    assert to_wire(snapshot).tensorrt_failed == ["emotionnet"]
+    assert status_line(snapshot).endswith("onnxruntime, TensorRT FAILED for 1 model(s)")
+    assert to_wire(PipelineSnapshot()).tensorrt_failed == []
+
+
 def test_no_pipeline_and_a_failing_pipeline_provider():
     def broken():
         raise RuntimeError("loop gone")

@@ -21,6 +21,7 @@ objects freed on a thread where their context is not current leak or crash. So:
 This module imports neither pycuda nor TensorRT: the pycuda driver module is passed in.
 """
 
+import atexit
 import gc
 import logging
 import queue
@@ -228,6 +229,17 @@ class CudaOwner:
 
 _registry_lock = threading.Lock()
 _registry: List[Tuple[Any, CudaOwner]] = []  # (pycuda driver module, its owner)
+_at_exit: List[bool] = []  # whether shutdown_all is registered with atexit
+
+
+def shutdown_all() -> None:
+    """Shut every process owner down (registered with :mod:`atexit`): each frees its
+    context on its own thread before the interpreter tears pycuda down."""
+    with _registry_lock:
+        owners = [o for _, o in _registry]
+        _registry[:] = []
+    for owner in owners:
+        owner.shutdown()
 
 
 def process_owner(cuda: Any, device_index: int = 0) -> CudaOwner:
@@ -240,6 +252,9 @@ def process_owner(cuda: Any, device_index: int = 0) -> CudaOwner:
         _registry[:] = [(m, o) for m, o in _registry if o.alive]
         owner = CudaOwner(cuda, device_index)
         _registry.append((cuda, owner))
+        if not _at_exit:
+            atexit.register(shutdown_all)
+            _at_exit.append(True)
         return owner
 
 

@@ -763,3 +763,34 @@ def test_no_tensorrt_error_when_tensorrt_works_or_is_absent(tmp_path, models, ca
         ).values()
     assert backend.info.tensorrt_error is None and fallback.info.tensorrt_error is None
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_owner_frees_the_context_on_its_own_thread_at_exit():
+    """At interpreter exit the process's owner detaches its context on the cuda thread
+    (pycuda aborts the process if a thread ends with a context still on its stack)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import atexit, threading\n"
+        "from tests.fakes import pycuda as fake_pycuda\n"
+        "from tests.fakes.gpu import FakeGpu\n"
+        "from engines.cuda_owner import process_owner\n"
+        "gpu = FakeGpu()\n"
+        "cuda = fake_pycuda.make(gpu)\n"
+        "seen = []\n"
+        "detach = cuda.Context.detach\n"
+        "def spy(self):\n"
+        "    seen.append(threading.current_thread().name)\n"
+        "    detach(self)\n"
+        "cuda.Context.detach = spy\n"
+        "atexit.register(lambda: print(seen, gpu.violations, flush=True))\n"
+        "process_owner(cuda).call(lambda: None)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['cuda'] []"

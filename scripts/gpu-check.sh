@@ -155,6 +155,10 @@ for case in cases:
     print(f"{outcome:5} {case.get('name')} ({float(case.get('time', 0)):.2f} s){detail}")
 EOF
 tail -n 1 "$OUT/pytest.log" | tee -a "$SUMMARY"
+say "measuring the CUDA owner hand-off (tools/bench_cuda_owner.py; informational)"
+timeout 120 "$PYTHON" tools/bench_cuda_owner.py --count 3000 > "$OUT/bench.log" 2>&1 \
+    || echo "(the hand-off measurement failed: see bench.log)" >> "$OUT/bench.log"
+tee -a "$SUMMARY" < "$OUT/bench.log"
 if [ "$status" -eq 0 ]; then
     note "RESULT: every check passed"
     exit 0

@@ -271,3 +271,26 @@ def test_reporter_reports_every_interval_and_survives_failures():
 
     collector.collect = broken_collect
     assert reporter.report_once() is None
+
+
+def test_the_daemon_reports_the_runtime_s_tensorrt_failures():
+    from types import SimpleNamespace
+
+    from agent.daemon import Daemon
+    from agent.pipeline.metrics import MetricsSnapshot
+
+    class Sink:
+        def emit(self, event):
+            pass
+
+        def close(self):
+            pass
+
+    daemon = Daemon(AgentConfig(), Sink(), environ={})
+    snap = MetricsSnapshot(3, 3, 0, 1, 1.0, 0, 15.0, {"p50": 9.0, "p95": 12.0}, {})
+    daemon.runtime = SimpleNamespace(
+        snapshot=lambda: snap, backend="onnxruntime", tensorrt_failed=["emotionnet"]
+    )
+    telemetry = daemon.telemetry_snapshot()
+    assert list(telemetry.tensorrt_failed) == ["emotionnet"]
+    assert status_line(telemetry).endswith("TensorRT FAILED for 1 model(s)")

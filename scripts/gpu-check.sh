@@ -7,6 +7,7 @@
 #   scripts/gpu-check.sh           on the GPU machine (CUDA with nvcc, Python 3.12,
 #                                  numpy, setuptools, wheel; no network): build pycuda
 #                                  from .gpu/, run tests/gpu, write logs and a summary
+#   scripts/gpu-check.sh --fingerprint   the hash of the tested files the summary names
 #
 # The GPU machine needs the working tree with .gpu/ in it. Logs and summary.txt go to
 # $OUT (default: build/gpu-check). Exit status: 0 when every check passed, 1 when a
@@ -44,11 +45,20 @@ fetch() {
     say "total: $(du -sh "$GPU_DIR" | cut -f1) (the GPU machine takes 64 MiB of carried files)"
 }
 
+fingerprint() {  # what was tested, independent of the .git that travelled with the tree
+    find engines tests/gpu scripts/gpu-check.sh tools/bench_cuda_owner.py -type f \
+        \( -name '*.py' -o -name '*.sh' \) -not -path '*/__pycache__/*' | LC_ALL=C sort \
+        | xargs sha256sum | sha256sum | cut -c1-12
+}
+
 if [ "${1:-}" = "--fetch" ]; then
     fetch
     exit $?
+elif [ "${1:-}" = "--fingerprint" ]; then
+    fingerprint
+    exit 0
 elif [ $# -gt 0 ]; then
-    echo "usage: $0 [--fetch]" >&2
+    echo "usage: $0 [--fetch | --fingerprint]" >&2
     exit 2
 fi
 
@@ -68,7 +78,14 @@ give_up() {  # give_up STATUS MESSAGE [LOG]
     exit "$1"
 }
 
-note "emotion-agent GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+HEAD_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if git -C "$REPO" diff --quiet HEAD -- engines tests/gpu scripts tools 2>/dev/null; then
+    TREE="= git HEAD $HEAD_COMMIT"
+else
+    TREE="differs from the git HEAD found ($HEAD_COMMIT)"
+fi
+note "emotion-agent GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+note "tested files: fingerprint $(fingerprint) (scripts/gpu-check.sh --fingerprint in a checkout gives the same for the same files), tree $TREE"
 
 # -- the machine ------------------------------------------------------------------
 command -v nvidia-smi >/dev/null 2>&1 || give_up 2 "no nvidia-smi: not a GPU machine"

@@ -14,7 +14,8 @@ pops the calling thread's; ``detach()`` frees the context (and all its memory) w
 is current or on its own thread, and elsewhere does nothing (pycuda's commented-out
 "leaked out-of-thread context"; recorded here as a violation). Memory and streams
 free themselves with their context pushed if they die on its thread, and leak
-otherwise (pycuda's silent ``cannot_activate_out_of_thread_context``; a violation
+otherwise (pycuda's ``cannot_activate_out_of_thread_context``: silent in older
+releases, a UserWarning in 2026.1; a violation
 here). ``HostAllocation.free()`` frees page-locked memory at once.
 """
 

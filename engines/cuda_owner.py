@@ -233,12 +233,22 @@ _at_exit: List[bool] = []  # whether shutdown_all is registered with atexit
 
 
 def shutdown_all() -> None:
-    """Shut every process owner down (registered with :mod:`atexit`): each frees its
-    context on its own thread before the interpreter tears pycuda down."""
+    """At interpreter exit (registered with :mod:`atexit`): each process owner frees its
+    context on its own thread before the interpreter tears pycuda down. An owner that
+    still has users (a backend never closed) is left alone: freeing the context under
+    live TensorRT objects is what makes TensorRT crash at exit; the process's end
+    frees it instead."""
     with _registry_lock:
         owners = [o for _, o in _registry]
         _registry[:] = []
     for owner in owners:
+        if owner.users:
+            log.warning(
+                "CUDA context still used by %d backend(s) or toolchain(s) at exit; "
+                "left to the end of the process",
+                owner.users,
+            )
+            continue
         owner.shutdown()
 
 

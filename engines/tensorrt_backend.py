@@ -723,3 +723,9 @@ class TensorRTToolchain(Toolchain):
 
     def _drop_runtime(self) -> None:
         self._runtime = None
+
+    def __del__(self) -> None:
+        """A toolchain dropped without close(): its runtime must still die on the owner."""
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):
+                self.close()

@@ -366,6 +366,7 @@ class Daemon:
             camera_state=snap.source_state,
             queue_depth=snap.queue_depth,
             outbox_depth=self.mqtt.outbox_depth() if self.mqtt is not None else 0,
+            tensorrt_failed=tuple(runtime.tensorrt_failed),
         )
 
     # -- status ----------------------------------------------------------------

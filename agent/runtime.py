@@ -47,6 +47,8 @@ class Runtime:
     backend: str = "onnxruntime"
     states: List[CaptureState] = field(default_factory=list)
     closers: List[Callable[[], None]] = field(default_factory=list)
+    # Models whose TensorRT engine failed to build or load (they run on ONNX Runtime).
+    tensorrt_failed: List[str] = field(default_factory=list)
 
     def close(self) -> None:
         """Release the inference backends (the CUDA context goes with the last one)."""
@@ -122,11 +124,13 @@ def build_runtime(
 
     backend_names = "onnxruntime"
     closers: List[Callable[[], None]] = []
+    tensorrt_failed: List[str] = []
     if make_runner is None:
         runners = prepare_runners(
             config, manifest, record=record, reporter=reporter, on_building=on_building
         )
         closers = [r.backend.close for r in runners.values()]
+        tensorrt_failed = sorted(n for n, r in runners.items() if r.backend.info.tensorrt_error)
         backend_names = "+".join(sorted({r.backend.info.kind for r in runners.values()}))
         base: RunnerFactory = runner_factory(runners)
         make: RunnerFactory = base
@@ -195,4 +199,15 @@ def build_runtime(
         on_frame=on_frame,
         heartbeat=lambda: heartbeat("loop"),
     )
-    return Runtime(config, loop, ring, capture, metrics, secondary, backend_names, states, closers)
+    return Runtime(
+        config,
+        loop,
+        ring,
+        capture,
+        metrics,
+        secondary,
+        backend_names,
+        states,
+        closers,
+        tensorrt_failed=tensorrt_failed,
+    )

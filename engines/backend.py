@@ -20,7 +20,7 @@ The views a run returns are overwritten by the next run: copy what must be kept.
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -161,6 +161,9 @@ class BackendInfo:
     cached: bool  # loaded from the engine cache (else built now, or not cacheable)
     artifact: str = ""  # cache file the runtime loaded
     notes: List[str] = field(default_factory=list)  # e.g. why a fallback happened
+    # Set when TensorRT was installed and tried for this model but its build or load
+    # failed, so that this (ONNX Runtime) backend runs instead: the error.
+    tensorrt_error: Optional[str] = None
 
 
 class Backend(abc.ABC):

@@ -300,6 +300,18 @@ class EngineCache:
                         )
         return sorted(found, key=lambda s: s.stem)
 
+    def failures(self) -> List[BuildFailure]:
+        """Every readable build-failure marker in the cache (for ``doctor``)."""
+        if not self.root.is_dir():
+            return []
+        found: List[BuildFailure] = []
+        for path in sorted(self.root.glob("*" + FAILURE_SUFFIX)):
+            try:
+                found.append(BuildFailure.model_validate_json(path.read_bytes()))
+            except (OSError, ValueError, ValidationError):
+                continue
+        return found
+
     def failure(self, key: EngineKey) -> Optional[BuildFailure]:
         path = self.failure_path(key)
         try:

@@ -246,6 +246,25 @@ def obtain(
         lock.release()
 
 
+def _report_tensorrt_failures(
+    version: str, backends: Dict[str, Backend], log: logging.Logger
+) -> None:
+    """TensorRT is installed, yet models fell back to ONNX Runtime: say so at ERROR, never
+    quietly (on a Jetson that is a CPU pipeline at a fraction of the speed)."""
+    failed = {n: b.info.tensorrt_error for n, b in backends.items() if b.info.tensorrt_error}
+    if not failed:
+        return
+    which = "every model" if len(failed) == len(backends) else f"{len(failed)} of {len(backends)}"
+    log.error(
+        "TensorRT %s is installed but the engine of %s failed to build or load; they run on "
+        "ONNX Runtime on the CPU instead (much slower). %s. Fix the cause, then run "
+        "'emotion-agent engines build --force'",
+        version,
+        which,
+        "; ".join(f"{name}: {error}" for name, error in failed.items()),
+    )
+
+
 def prepare_engines(
     manifest: LoadedManifest,
     models: Sequence[str],
@@ -279,12 +298,14 @@ def prepare_engines(
             notes = list(toolchains.notes)
             backend: Optional[Backend] = None
             trt = toolchains.tensorrt
+            trt_error: Optional[str] = None
             if trt is not None:
                 try:
                     backend = obtain(trt, spec, cache, reporter, env, on_building, force)
                 except EngineError as exc:
                     reporter.failed(name, trt.kind, str(exc), "onnxruntime")
                     notes.append(f"TensorRT failed: {exc}")
+                    trt_error = str(exc)
             if backend is None:
                 ort = toolchains.onnxruntime
                 try:
@@ -299,6 +320,7 @@ def prepare_engines(
                         continue
                     notes.append(f"ONNX Runtime cache unusable: {exc}")
             backend.info.notes.extend(notes)
+            backend.info.tensorrt_error = trt_error
             backends[name] = backend
             for key in toolchains.keys(spec):
                 keep.add(key.digest())
@@ -307,6 +329,8 @@ def prepare_engines(
             cache.prune(keep, scope)
         except OSError as exc:
             env.logger.warning("could not prune the engine cache %s: %s", cache.root, exc)
+        if toolchains.tensorrt is not None:
+            _report_tensorrt_failures(toolchains.tensorrt.version, backends, env.logger)
     finally:
         reporter.end()
         # Backends hold their own reference to the CUDA context: the last close() frees it.

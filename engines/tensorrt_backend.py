@@ -24,6 +24,13 @@ API generations, chosen by what the engine object offers:
 - TensorRT 10: tensor names only (``num_io_tensors``, ``set_input_shape``,
   ``set_tensor_address``, ``execute_async_v3``); networks are always explicit batch.
 
+Threads and lifetimes (:mod:`engines.cuda_owner`): the process has one CUDA
+context, made on and kept current by one thread; every call below that touches
+TensorRT or CUDA (build, load, run, close) runs there, whichever thread asks, and
+every object is destroyed there in a fixed order (:meth:`TensorRTBackend._destroy`,
+:meth:`TensorRTToolchain._build`). Restarts reuse the context. TensorRT's one
+logger is made once per process (:class:`TensorRTLog`).
+
 ``tensorrt`` and ``pycuda`` are imported only by :func:`import_tensorrt`; tests
 pass stand-ins for both modules to :class:`TensorRTToolchain`.
 """
@@ -31,22 +38,54 @@ pass stand-ins for both modules to :class:`TensorRTToolchain`.
 import contextlib
 import logging
 import platform
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from engines.backend import Backend, BuildError, EngineError, ModelSpec, TensorInfo
 from engines.cache import EngineCache, EngineKey
+from engines.cuda_owner import CudaOwner, CudaUnavailable, GpuInfo, process_owner
 from engines.toolchain import Toolchain, max_shapes
+
+__all__ = ["GpuInfo", "TensorRTBackend", "TensorRTToolchain", "TensorRTUnavailable"]
 
 RECIPE = "1"  # bump when the build recipe changes: old plans then rebuild
 MB = 1 << 20
 
 
+SUPPORTED = "8.2 - 10.x"
+
+
 class TensorRTUnavailable(Exception):
-    """TensorRT or pycuda does not import, or there is no usable CUDA device."""
+    """TensorRT or pycuda does not import, this TensorRT is not supported, or there is
+    no usable CUDA device."""
+
+
+def tensorrt_major(version: str) -> int:
+    """The major version of a supported TensorRT (raises TensorRTUnavailable).
+
+    TensorRT 11 removed weakly typed builds (``BuilderFlag.FP16``,
+    ``platform_has_fast_fp16``): FP16 there needs the ONNX converted to mixed
+    precision before a strongly typed build, which this agent does not do yet, and
+    JetPack does not ship 11. It is refused here, by name, rather than letting every
+    build fail.
+    """
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise TensorRTUnavailable(f"unrecognised TensorRT version {version!r}") from None
+    if major < 8:
+        raise TensorRTUnavailable(f"TensorRT {version} is too old (8.2 or later needed)")
+    if major >= 11:
+        raise TensorRTUnavailable(
+            f"TensorRT {version} is not supported (supported: {SUPPORTED}): TensorRT 11 "
+            "removed the weakly typed FP16 build (BuilderFlag.FP16) this agent uses; "
+            "install TensorRT 10 (JetPack 6) or set models.backend: onnxruntime"
+        )
+    return major
 
 
 @dataclass(frozen=True)
@@ -68,90 +107,99 @@ def import_tensorrt() -> TensorRTModules:
     return TensorRTModules(trt, cuda)
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    name: str  # e.g. "NVIDIA Tegra X1" (Jetson Nano's SoC), "NVIDIA A2"
-    compute_capability: str  # e.g. "5.3"
-    integrated: bool
-    can_map_host_memory: bool
+class ErrorCapture:
+    """The errors TensorRT reports during one build or load (logger and error recorder)."""
 
-    @property
-    def zero_copy(self) -> bool:
-        """Mapped page-locked buffers shared by CPU and GPU (Jetson's unified memory)."""
-        return self.integrated and self.can_map_host_memory
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+
+    def text(self) -> str:
+        return "; ".join(self.messages[-3:]) or "see the log"
 
 
-class CudaContext:
-    """A pycuda context on device 0, pushed around every CUDA call and popped after,
-    so any thread may drive it. Blocking sync: waiting threads sleep instead of spinning
-    (the CPU cores are needed for capture and preprocessing)."""
+class TensorRTLog:
+    """The process's one TensorRT logger (TensorRT keeps a single logger pointer: the
+    logger of the first builder or runtime is used for every later one, so a logger
+    per toolchain would leave a restarted toolchain blind, and a freed one dangling).
 
-    def __init__(self, cuda: Any, device_index: int = 0) -> None:
+    It writes to the ``emotion_agent.engines`` Python logger and hands ERROR and
+    INTERNAL_ERROR messages to every :class:`ErrorCapture` open at the time: builds
+    and loads run one at a time on the CUDA owner thread, so those are theirs.
+    Made once per process (:meth:`CudaOwner.shared`), never freed.
+    """
+
+    def __init__(self, trt: Any, log: logging.Logger) -> None:
+        severity = trt.ILogger.Severity
+        levels = {
+            severity.INTERNAL_ERROR: logging.CRITICAL,
+            severity.ERROR: logging.ERROR,
+            severity.WARNING: logging.WARNING,
+            severity.INFO: logging.DEBUG,
+            severity.VERBOSE: logging.DEBUG,
+        }
+        self._lock = threading.Lock()  # TensorRT may log from its own threads
+        self._captures: List[ErrorCapture] = []
+        captures, lock = self._captures, self._lock
+
+        class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, level: Any, msg: str) -> None:
+                python_level = levels.get(level, logging.INFO)
+                if python_level >= logging.ERROR:
+                    with lock:
+                        for capture in captures:
+                            capture.messages.append(str(msg))
+                log.log(python_level, "TensorRT: %s", msg)
+
+        self.logger = _Logger()
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[ErrorCapture]:
+        capture = ErrorCapture()
+        with self._lock:
+            self._captures.append(capture)
         try:
-            cuda.init()
-            count = cuda.Device.count()
-        except Exception as exc:  # pycuda raises its own error types
-            raise TensorRTUnavailable(f"CUDA does not initialise ({exc})") from None
-        if count < 1:
-            raise TensorRTUnavailable("no CUDA device")
-        device = cuda.Device(device_index)
-        major, minor = device.compute_capability()
-        attribute = cuda.device_attribute
-        self.info = GpuInfo(
-            name=str(device.name()),
-            compute_capability=f"{major}.{minor}",
-            integrated=bool(device.get_attribute(attribute.INTEGRATED)),
-            can_map_host_memory=bool(device.get_attribute(attribute.CAN_MAP_HOST_MEMORY)),
-        )
-        flags = cuda.ctx_flags.SCHED_BLOCKING_SYNC
-        if self.info.can_map_host_memory:
-            flags |= cuda.ctx_flags.MAP_HOST
-        self._context = device.make_context(flags)
-        self._context.pop()  # made current by make_context; pushed again where used
-        self._references = 1  # the toolchain's; each TensorRT backend holds one more
-
-    def push(self) -> None:
-        self._context.push()
-
-    def pop(self) -> None:
-        self._context.pop()
-
-    def retain(self) -> None:
-        self._references += 1
-
-    def release(self) -> None:
-        """Drop one reference; the last one detaches (frees) the context."""
-        self._references -= 1
-        if self._references == 0:
-            self._context.detach()
-
-    @property
-    def alive(self) -> bool:
-        return self._references > 0
+            yield capture
+        finally:
+            with self._lock:
+                self._captures.remove(capture)
 
 
-def _trt_logger(trt: Any, log: logging.Logger, errors: List[str]) -> Any:
-    """A TensorRT ILogger that writes to ``log`` and remembers error messages."""
-    severity = trt.ILogger.Severity
-    levels = {
-        severity.INTERNAL_ERROR: logging.CRITICAL,
-        severity.ERROR: logging.ERROR,
-        severity.WARNING: logging.WARNING,
-        severity.INFO: logging.DEBUG,
-        severity.VERBOSE: logging.DEBUG,
-    }
+def _error_recorder(trt: Any, capture: ErrorCapture) -> Any:
+    """An ``IErrorRecorder`` that adds to ``capture`` (None where the bindings lack it)."""
+    base = getattr(trt, "IErrorRecorder", None)
+    if base is None:
+        return None
 
-    class _Logger(trt.ILogger):  # type: ignore[misc, name-defined]
+    class _Recorder(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            trt.ILogger.__init__(self)
+            base.__init__(self)
+            self.errors: List[Tuple[Any, str]] = []
 
-        def log(self, level: Any, msg: str) -> None:
-            python_level = levels.get(level, logging.INFO)
-            if python_level >= logging.ERROR:
-                errors.append(str(msg))
-            log.log(python_level, "TensorRT: %s", msg)
+        def num_errors(self) -> int:
+            return len(self.errors)
 
-    return _Logger()
+        def get_error_code(self, index: int) -> Any:
+            return self.errors[index][0]
+
+        def get_error_desc(self, index: int) -> str:
+            return self.errors[index][1]
+
+        def has_overflowed(self) -> bool:
+            return False
+
+        def clear(self) -> None:
+            del self.errors[:]
+
+        def report_error(self, code: Any, desc: str) -> bool:
+            self.errors.append((code, str(desc)))
+            if str(desc) not in capture.messages:
+                capture.messages.append(str(desc))
+            return True
+
+    return _Recorder()
 
 
 # -- the two runtime API generations ---------------------------------------------
@@ -277,49 +325,69 @@ def _check_engine_io(spec: ModelSpec, tensors: List[IoTensor]) -> None:
 
 
 class TensorRTBackend(Backend):
+    """One engine's execution context, stream and buffers.
+
+    Made, run and released only on the CUDA owner thread (:mod:`engines.cuda_owner`):
+    :meth:`run` and :meth:`close` may be called from any thread and are handed to it.
+    """
+
     kind = "tensorrt"
 
-    def __init__(self, spec: ModelSpec, engine: Any, toolchain: "TensorRTToolchain") -> None:
-        """Create with the toolchain's CUDA context pushed."""
+    def __init__(
+        self, spec: ModelSpec, engine: Any, runtime: Any, toolchain: "TensorRTToolchain"
+    ) -> None:
+        """Create on the owner thread (:meth:`TensorRTToolchain.load` does)."""
         super().__init__(spec)
+        self._owner: Optional[CudaOwner] = toolchain.owner
+        assert self._owner.on_owner_thread(), "TensorRT objects are made on the CUDA thread"
         cuda = toolchain.cuda
         self._cuda = cuda
-        self._cuda_context = toolchain.cuda_context
         self.zero_copy = toolchain.gpu.zero_copy
+        self._runtime = runtime  # an engine must not outlive the runtime it came from
         self._engine = engine
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise EngineError(
-                f"model {spec.name!r}: TensorRT could not create an execution context"
-            )
-        self._api = runtime_api(toolchain.trt, engine, self._context)
-        self.api = self._api.name
-        _check_engine_io(spec, self._api.tensors())
         self._device: Dict[str, Any] = {}
-        addresses: Dict[str, int] = {}
-        for group, target in ((spec.inputs, self._inputs), (spec.outputs, self._outputs)):
-            for info in group:
-                shape = info.shape(spec.max_batch)
-                if self.zero_copy:
-                    host = cuda.pagelocked_empty(
-                        shape, info.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP
-                    )
-                    addresses[info.name] = int(host.base.get_device_pointer())
-                    self.counters.buffers_allocated += 1
-                else:
-                    host = cuda.pagelocked_empty(shape, info.dtype)
-                    device = cuda.mem_alloc(host.nbytes)
-                    self._device[info.name] = device
-                    addresses[info.name] = int(device)
-                    self.counters.buffers_allocated += 2
-                target[info.name] = host
-        self._stream = cuda.Stream()
-        self._api.set_addresses(addresses)
+        self._host: List[Any] = []  # the page-locked allocations (the arrays' .base)
+        self._stream: Any = None
+        self._context: Any = None
+        self._api: Any = None
+        self._owner.retain()
+        try:
+            self._context = engine.create_execution_context()
+            if self._context is None:
+                raise EngineError(
+                    f"model {spec.name!r}: TensorRT could not create an execution context"
+                )
+            self._api = runtime_api(toolchain.trt, engine, self._context)
+            self.api = self._api.name
+            _check_engine_io(spec, self._api.tensors())
+            addresses: Dict[str, int] = {}
+            for group, target in ((spec.inputs, self._inputs), (spec.outputs, self._outputs)):
+                for info in group:
+                    shape = info.shape(spec.max_batch)
+                    if self.zero_copy:
+                        host = cuda.pagelocked_empty(
+                            shape, info.dtype, mem_flags=cuda.host_alloc_flags.DEVICEMAP
+                        )
+                        self._host.append(host.base)
+                        addresses[info.name] = int(host.base.get_device_pointer())
+                        self.counters.buffers_allocated += 1
+                    else:
+                        host = cuda.pagelocked_empty(shape, info.dtype)
+                        self._host.append(host.base)
+                        device = cuda.mem_alloc(host.nbytes)
+                        self._device[info.name] = device
+                        addresses[info.name] = int(device)
+                        self.counters.buffers_allocated += 2
+                    target[info.name] = host
+            self._stream = cuda.Stream()
+            self._api.set_addresses(addresses)
+        except BaseException:
+            self._destroy()
+            raise
         self._input_names = [t.name for t in spec.inputs]
         self._output_names = [t.name for t in spec.outputs]
         self._bound_batch = 0
         self._make_views()
-        self._cuda_context.retain()  # the context lives as long as its last backend
 
     def _set_batch(self, batch: int) -> None:
         for info in self.spec.inputs:
@@ -339,45 +407,79 @@ class TensorRTBackend(Backend):
         self._bound_batch = batch
 
     def _execute(self, batch: int) -> None:
-        self._cuda_context.push()
-        try:
-            if batch != self._bound_batch:
-                self._set_batch(batch)
-            stream = self._stream
-            if not self.zero_copy:
-                views = self._input_views[batch]
-                for name in self._input_names:
-                    self._cuda.memcpy_htod_async(self._device[name], views[name], stream)
-                    self.counters.bytes_host_to_device += views[name].nbytes
-            if not self._api.execute(stream.handle):
-                raise EngineError(f"model {self.name!r}: TensorRT execution failed")
-            if not self.zero_copy:
-                views = self._output_views[batch]
-                for name in self._output_names:
-                    self._cuda.memcpy_dtoh_async(views[name], self._device[name], stream)
-                    self.counters.bytes_device_to_host += views[name].nbytes
-            stream.synchronize()
-        finally:
-            self._cuda_context.pop()
+        owner = self._owner
+        if owner is None:
+            raise EngineError(f"model {self.name!r}: backend is closed")
+        owner.call(self._execute_here, batch)
+
+    def _execute_here(self, batch: int) -> None:
+        if self._api is None:
+            raise EngineError(f"model {self.name!r}: backend is closed")
+        if batch != self._bound_batch:
+            self._set_batch(batch)
+        stream = self._stream
+        if not self.zero_copy:
+            views = self._input_views[batch]
+            for name in self._input_names:
+                self._cuda.memcpy_htod_async(self._device[name], views[name], stream)
+                self.counters.bytes_host_to_device += views[name].nbytes
+        if not self._api.execute(stream.handle):
+            raise EngineError(f"model {self.name!r}: TensorRT execution failed")
+        if not self.zero_copy:
+            views = self._output_views[batch]
+            for name in self._output_names:
+                self._cuda.memcpy_dtoh_async(views[name], self._device[name], stream)
+                self.counters.bytes_device_to_host += views[name].nbytes
+        stream.synchronize()
 
     def _release(self) -> None:
-        self._cuda_context.push()
-        try:
-            for device in self._device.values():
-                device.free()
-            self._device = {}
-            self._context = None
-            self._engine = None
-            self._inputs = {}
-            self._outputs = {}
-            self._input_views = []
-            self._output_views = []
-        finally:
-            self._cuda_context.pop()
-        self._cuda_context.release()
+        owner = self._owner
+        if owner is not None:
+            owner.call(self._destroy)
+
+    def _destroy(self) -> None:
+        """Free everything, on the owner thread, in this order: wait for the stream;
+        the execution context; the engine; the runtime reference; device buffers;
+        page-locked buffers (freed now: views kept by a caller must not be used after
+        close()); the stream. The owner is released last."""
+        if self._owner is None:
+            return
+        if self._stream is not None:
+            self._stream.synchronize()
+        self._api = None  # holds the execution context (and, 8.2 - 8.4, the engine)
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        for device in self._device.values():
+            device.free()
+        self._device = {}
+        self._inputs = {}
+        self._outputs = {}
+        self._input_views = []
+        self._output_views = []
+        for host in self._host:
+            host.free()
+        self._host = []
+        self._stream = None
+        owner, self._owner = self._owner, None
+        owner.release()
+
+    def __del__(self) -> None:
+        """A backend dropped without close(): free it on the owner thread all the same
+        (dying on another thread, its CUDA objects would leak or crash)."""
+        owner = getattr(self, "_owner", None)
+        if owner is None:
+            return
+        logging.getLogger("emotion_agent.engines").warning(
+            "TensorRT backend %s was not closed; releasing it now", self.spec.name
+        )
+        with contextlib.suppress(Exception):  # the owner may have shut down at exit
+            owner.call(self._destroy)
 
 
 class TensorRTToolchain(Toolchain):
+    """Builds and loads TensorRT engines; every TensorRT call runs on the CUDA owner thread."""
+
     kind = "tensorrt"
     artifact_suffix = ".engine"
 
@@ -387,42 +489,51 @@ class TensorRTToolchain(Toolchain):
         cache: EngineCache,
         workspace_mb: int = 256,
         logger: Optional[logging.Logger] = None,
-        context_factory: Callable[[Any], CudaContext] = CudaContext,
+        owner_factory: Callable[[Any], CudaOwner] = process_owner,
     ) -> None:
-        """Open the GPU (raises TensorRTUnavailable where there is none)."""
+        """Open the GPU (raises TensorRTUnavailable where there is none, or where this
+        TensorRT is not supported)."""
         self.trt = modules.trt
         self.cuda = modules.cuda
         self.version = str(self.trt.__version__)
-        try:
-            self.major = int(self.version.split(".")[0])
-        except ValueError:
-            raise TensorRTUnavailable(f"unrecognised TensorRT version {self.version!r}") from None
-        if self.major < 8:
-            raise TensorRTUnavailable(f"TensorRT {self.version} is too old (8.2 or later needed)")
+        self.major = tensorrt_major(self.version)
         self.cache = cache
         self.workspace_mb = workspace_mb
         self._log = logger or logging.getLogger("emotion_agent.engines")
-        self.cuda_context = context_factory(self.cuda)
-        self.gpu = self.cuda_context.info
-        self._errors: List[str] = []
-        self._logger = _trt_logger(self.trt, self._log, self._errors)
+        try:
+            self.owner = owner_factory(self.cuda)
+        except CudaUnavailable as exc:
+            raise TensorRTUnavailable(str(exc)) from None
+        self.owner.retain()
+        self.gpu = self.owner.info
+        trt, log = self.trt, self._log
+        self._trt_log: TensorRTLog = self.owner.shared(
+            "tensorrt-logger", lambda: TensorRTLog(trt, log)
+        )
         self._runtime: Any = None
         self._fast_fp16: Optional[bool] = None
         self._closed = False
+
+    @property
+    def trt_logger(self) -> Any:
+        """The process's TensorRT ILogger (the same object for every toolchain)."""
+        return self._trt_log.logger
 
     # -- key ---------------------------------------------------------------------
 
     @property
     def fast_fp16(self) -> bool:
         if self._fast_fp16 is None:
-            self.cuda_context.push()
-            try:
-                builder = self.trt.Builder(self._logger)
-                # Deprecated in TensorRT 10, whose GPUs all have fast FP16.
-                self._fast_fp16 = bool(getattr(builder, "platform_has_fast_fp16", True))
-            finally:
-                self.cuda_context.pop()
+            self._fast_fp16 = self.owner.call(self._probe_fast_fp16)
         return self._fast_fp16
+
+    def _probe_fast_fp16(self) -> bool:
+        builder = self.trt.Builder(self.trt_logger)
+        try:
+            # Deprecated in TensorRT 10, whose GPUs all have fast FP16.
+            return bool(getattr(builder, "platform_has_fast_fp16", True))
+        finally:
+            del builder  # on this thread, with the context current
 
     def key(self, spec: ModelSpec) -> EngineKey:
         return EngineKey(
@@ -458,56 +569,64 @@ class TensorRTToolchain(Toolchain):
         else:  # 8.2, 8.3
             config.max_workspace_size = limit
 
-    def _errors_text(self) -> str:
-        return "; ".join(self._errors[-3:]) or "see the log"
-
     def timing_cache_name(self) -> str:
         return f"{self.version}--{self.gpu.name}-sm{self.gpu.compute_capability}"
 
     def build(self, spec: ModelSpec, temp: Path) -> None:
+        fp16 = self.fast_fp16
+        self.owner.call(self._build, spec, temp, fp16)
+
+    def _build(self, spec: ModelSpec, temp: Path, fp16: bool) -> None:
+        """On the owner thread. The builder's objects die here, before it returns, in
+        the order parser, config, network, builder (the parser owns weights the network
+        uses until the plan is built)."""
         trt = self.trt
-        del self._errors[:]
-        self.cuda_context.push()
-        try:
-            builder = trt.Builder(self._logger)
-            network = builder.create_network(self._network_flags())
-            parser = trt.OnnxParser(network, self._logger)
-            if not parser.parse(spec.path.read_bytes()):
-                errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-                raise BuildError(
-                    f"the TensorRT ONNX parser rejected {spec.path.name}: "
-                    + ("; ".join(errors) or self._errors_text())
-                )
-            self._check_network(spec, network)
-            config = builder.create_builder_config()
-            self._set_workspace(config)
-            if self.fast_fp16:
-                config.set_flag(trt.BuilderFlag.FP16)
-            if spec.dynamic_batch:
-                profile = builder.create_optimization_profile()
-                for info in spec.inputs:
-                    profile.set_shape(
-                        info.name,
-                        info.shape(spec.min_batch),
-                        info.shape(spec.opt_batch),
-                        info.shape(spec.max_batch),
+        builder = network = parser = config = plan = recorder = None
+        with self._trt_log.capture() as errors:
+            try:
+                builder = trt.Builder(self.trt_logger)
+                recorder = _error_recorder(trt, errors)
+                if recorder is not None:
+                    builder.error_recorder = recorder
+                network = builder.create_network(self._network_flags())
+                parser = trt.OnnxParser(network, self.trt_logger)
+                if not parser.parse(spec.path.read_bytes()):
+                    found = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+                    raise BuildError(
+                        f"the TensorRT ONNX parser rejected {spec.path.name}: "
+                        + ("; ".join(found) or errors.text())
                     )
-                config.add_optimization_profile(profile)
-            self._use_timing_cache(config)
-            plan = builder.build_serialized_network(network, config)
-            if plan is None:
-                raise BuildError(f"TensorRT could not build {spec.name}: {self._errors_text()}")
-            with open(temp, "wb") as handle:
-                handle.write(memoryview(plan))
-            self._save_timing_cache(config)
-        except BuildError:
-            raise
-        except (OSError, MemoryError) as exc:
-            raise BuildError(f"building {spec.name} failed: {exc}") from exc
-        except Exception as exc:  # TensorRT raises plain RuntimeError/TypeError from C++
-            raise BuildError(f"TensorRT failed while building {spec.name}: {exc}") from exc
-        finally:
-            self.cuda_context.pop()
+                self._check_network(spec, network)
+                config = builder.create_builder_config()
+                self._set_workspace(config)
+                if fp16:
+                    config.set_flag(trt.BuilderFlag.FP16)
+                if spec.dynamic_batch:
+                    profile = builder.create_optimization_profile()
+                    for info in spec.inputs:
+                        profile.set_shape(
+                            info.name,
+                            info.shape(spec.min_batch),
+                            info.shape(spec.opt_batch),
+                            info.shape(spec.max_batch),
+                        )
+                    config.add_optimization_profile(profile)
+                    del profile
+                self._use_timing_cache(config)
+                plan = builder.build_serialized_network(network, config)
+                if plan is None:
+                    raise BuildError(f"TensorRT could not build {spec.name}: {errors.text()}")
+                with open(temp, "wb") as handle:
+                    handle.write(memoryview(plan))
+                self._save_timing_cache(config)
+            except BuildError:
+                raise
+            except (OSError, MemoryError) as exc:
+                raise BuildError(f"building {spec.name} failed: {exc}") from exc
+            except Exception as exc:  # TensorRT raises plain RuntimeError/TypeError from C++
+                raise BuildError(f"TensorRT failed while building {spec.name}: {exc}") from exc
+            finally:
+                del plan, parser, config, network, builder, recorder
 
     def _check_network(self, spec: ModelSpec, network: Any) -> None:
         inputs = {
@@ -566,17 +685,19 @@ class TensorRTToolchain(Toolchain):
     # -- load --------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, data: bytes) -> Backend:
-        del self._errors[:]
-        self.cuda_context.push()
-        try:
+        return self.owner.call(self._load, spec, data)
+
+    def _load(self, spec: ModelSpec, data: bytes) -> Backend:
+        with self._trt_log.capture() as errors:
             if self._runtime is None:
-                self._runtime = self.trt.Runtime(self._logger)
+                self._runtime = self.trt.Runtime(self.trt_logger)
             engine = self._runtime.deserialize_cuda_engine(data)
             if engine is None:
-                raise EngineError(f"TensorRT could not load the plan: {self._errors_text()}")
-            return TensorRTBackend(spec, engine, self)
-        finally:
-            self.cuda_context.pop()
+                raise EngineError(f"TensorRT could not load the plan: {errors.text()}")
+            try:
+                return TensorRTBackend(spec, engine, self._runtime, self)
+            finally:
+                del engine  # the backend holds it, or it dies here on failure
 
     def versions(self) -> Dict[str, str]:
         driver = ""
@@ -592,8 +713,19 @@ class TensorRTToolchain(Toolchain):
         }
 
     def close(self) -> None:
-        """Drop the toolchain's hold on the CUDA context (backends keep theirs)."""
+        """Drop the toolchain's runtime (on the owner thread) and its hold on the owner.
+        Backends keep their own runtime reference; the context itself stays for the
+        next toolchain of this process."""
         if not self._closed:
             self._closed = True
-            self._runtime = None
-            self.cuda_context.release()
+            self.owner.call(self._drop_runtime)
+            self.owner.release()
+
+    def _drop_runtime(self) -> None:
+        self._runtime = None
+
+    def __del__(self) -> None:
+        """A toolchain dropped without close(): its runtime must still die on the owner."""
+        if not getattr(self, "_closed", True):
+            with contextlib.suppress(Exception):
+                self.close()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from agent.config.models import CameraConfig, ModelsConfig, MQTTConfig, PipelineConfig
-from agent.doctor import network, system
+from agent.doctor import modelfiles, network, system
 from agent.doctor.modelfiles import check_models
 from agent.doctor.report import DoctorReport, fail, ok, render_text, warn
 from agent.doctor.runner import DoctorEnv, run_doctor
@@ -31,11 +31,11 @@ class Vfs:
         self.f_blocks = self.f_bavail * 4
 
 
-def importer(*available):
+def importer(*available, tensorrt="10.3.0"):
     def load(name):
         if name not in available:
             raise ImportError(f"No module named {name!r}")
-        return type("Module", (), {"__version__": "1.2.3"})
+        return type("Module", (), {"__version__": tensorrt if name == "tensorrt" else "1.2.3"})
 
     return load
 
@@ -96,7 +96,7 @@ def test_jtop(tmp_path):
         ("auto", PC, ("onnxruntime",), "ok", "ONNX Runtime 1.2.3"),
         ("auto", PC, (), "fail", "does not import"),
         ("onnxruntime", JETSON, ("onnxruntime", "tensorrt"), "ok", "ONNX Runtime"),
-        ("auto", JETSON, ("onnxruntime", "tensorrt"), "ok", "TensorRT 1.2.3"),
+        ("auto", JETSON, ("onnxruntime", "tensorrt"), "ok", "TensorRT 10.3.0"),
         ("auto", JETSON, ("onnxruntime",), "warn", "falls back to ONNX Runtime"),
         ("tensorrt", JETSON, ("onnxruntime",), "fail", "tensorrt module does not import"),
         ("auto", JETSON, (), "fail", "neither"),
@@ -105,6 +105,73 @@ def test_jtop(tmp_path):
 def test_backend(backend, platform, modules, status, words):
     result = system.check_backend(backend, platform, importer(*modules))
     assert result.status == status and words in result.message
+
+
+@pytest.mark.parametrize("backend", ["auto", "tensorrt"])
+def test_backend_refuses_tensorrt_11_by_name(backend):
+    result = system.check_backend(
+        backend, JETSON, importer("onnxruntime", "tensorrt", tensorrt="11.4.0")
+    )
+    assert result.status == "fail"
+    assert "TensorRT 11.4.0 is not supported" in result.message
+    assert "models.backend: onnxruntime" in result.hint
+
+
+@pytest.mark.parametrize(
+    "failed, status, words",
+    [
+        ({"a": "Out of memory", "b": "Out of memory"}, "fail", "every engine build failed"),
+        ({"a": "Out of memory"}, "warn", "failed for 1 of 2 models"),
+        ({}, "ok", "TensorRT 10.3.0"),
+    ],
+)
+def test_backend_is_loud_when_tensorrt_builds_failed(failed, status, words):
+    asked = []
+
+    def failed_builds(version):
+        asked.append(version)
+        return failed, 2
+
+    result = system.check_backend(
+        "auto", JETSON, importer("onnxruntime", "tensorrt"), failed_builds
+    )
+    assert asked == ["10.3.0"]
+    assert result.status == status and words in result.message
+    if failed:
+        assert "Out of memory" in result.message and "engines build --force" in result.hint
+
+
+def test_failed_tensorrt_builds_are_read_from_the_engine_cache(tmp_path):
+    from datetime import datetime, timezone
+
+    from engines.cache import EngineCache, EngineKey
+
+    models = ModelsConfig(engine_cache_dir=tmp_path / "cache")
+    names = [m for m, _ in modelfiles.configured_models(models, PipelineConfig())]
+    cache = EngineCache(tmp_path / "cache", lambda: datetime(2026, 12, 4, tzinfo=timezone.utc))
+    cache.ensure()
+
+    def key(model, version="10.3.0"):
+        return EngineKey(
+            model=model,
+            model_sha256="0" * 64,
+            backend="tensorrt",
+            runtime_version=version,
+            device="Orin",
+            compute_capability="8.7",
+            precision="fp16",
+            batch_profile=(1, 2, 8),
+            inputs=[],
+        )
+
+    cache.record_failure(key(names[0]), "Out of memory")
+    cache.record_failure(key(names[1], "8.6.1"), "an older TensorRT's failure")
+    found, configured = modelfiles.failed_tensorrt_builds(models, PipelineConfig(), "10.3.0")
+    assert found == {names[0]: "Out of memory"} and configured == len(names)
+    for name in names:
+        cache.record_failure(key(name), "Out of memory")
+    found, _ = modelfiles.failed_tensorrt_builds(models, PipelineConfig(), "10.3.0")
+    assert sorted(found) == sorted(names)
 
 
 def test_backend_with_the_real_onnxruntime():

@@ -9,6 +9,7 @@ from tests.conftest import REPO
 ENGINE_MODULES = [
     "engines.backend",
     "engines.cache",
+    "engines.cuda_owner",
     "engines.locking",
     "engines.onnxruntime_backend",
     "engines.prepare",

@@ -5,13 +5,19 @@ TensorRT 8.2, 8.6 and 10 and of pycuda, and compute results by running the plan'
 ONNX graph at the addresses the engine was bound to (see tests/fakes/__init__.py).
 """
 
+import functools
+import gc
+import logging
 import threading
+import time
+from collections import Counter
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
 from engines.cache import EngineCache
+from engines.cuda_owner import process_owner, shutdown_process_owner
 from engines.manifest import load_manifest
 from engines.prepare import (
     EngineEnvironment,
@@ -55,9 +61,16 @@ class Recorder(BuildReporter):
 
 
 class Machine:
-    """A fake GPU with fake tensorrt + pycuda modules, and the environment that loads them."""
+    """A fake GPU with fake tensorrt + pycuda modules, and the environment that loads them.
+
+    Every machine a test makes is checked when the test ends (``strict_machines``): its
+    CUDA owner is shut down and nothing the real libraries would leak or crash on may
+    have happened (``gpu.violations``)."""
+
+    made: list = []
 
     def __init__(self, version="8.2.1.8", **gpu_args):
+        Machine.made.append(self)
         self.gpu = FakeGpu(**gpu_args)
         self.version = version
         maker = tensorrt10 if version.startswith("10.") else tensorrt8
@@ -68,6 +81,28 @@ class Machine:
         values = dict(now=lambda: WHEN, load_tensorrt=lambda: TensorRTModules(self.trt, self.cuda))
         values.update(changes)
         return EngineEnvironment(**values)
+
+
+@pytest.fixture(autouse=True)
+def strict_machines():
+    Machine.made = []
+    yield
+    machines, Machine.made = Machine.made, []
+    gc.collect()
+    for machine in machines:
+        shutdown_process_owner(machine.cuda)
+    for machine in machines:
+        assert machine.gpu.violations == []
+
+
+def assert_all_tensorrt_objects_died_on_the_cuda_thread(machine):
+    """Every TensorRT object made was destroyed, on the owner thread, context current."""
+    gc.collect()
+    made = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "create")
+    died = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "destroy")
+    assert made == died, f"alive: {made - died}"
+    wrong = [e for e in machine.gpu.lifetimes if e[2] != "cuda" or not e[3]]
+    assert wrong == []
 
 
 @pytest.fixture
@@ -121,7 +156,7 @@ def test_build_and_run_on_each_api_generation(tmp_path, models, version, integra
         expected_flags = "0" if version.startswith("10.") else "1"
         assert f"builder.create_network({expected_flags})" in calls
     assert "config.set_flag(FP16)" in calls
-    assert machine.gpu.contexts == []  # every push was popped
+    assert machine.gpu.contexts == []  # nothing pushed on this thread
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -290,7 +325,9 @@ def test_a_plan_that_tensorrt_refuses_is_rebuilt(tmp_path, models):
     def refuse_once(self, blob):
         if refusals:
             refusals.pop()
-            self.logger.log(machine.trt.ILogger.Severity.ERROR, "Serialization error (test)")
+            machine.trt.kit.error(
+                self, machine.trt.ErrorCode.INVALID_ARGUMENT, "Serialization error (test)"
+            )
             return None
         return real(self, blob)
 
@@ -469,23 +506,291 @@ def test_builds_use_the_configured_workspace(tmp_path, models):
         assert b'"workspace": 134217728' in plan.read_bytes()
 
 
-def test_the_cuda_context_lives_until_the_last_backend_is_closed(tmp_path, models):
+def test_the_cuda_context_is_made_once_and_outlives_every_backend(tmp_path, models):
     _, manifest = models
     machine = Machine(integrated=False)
     backends = prepare_engines(manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env())
-    assert "context.detach" not in machine.gpu.calls  # the backends still use it
+    owner = process_owner(machine.cuda)
+    assert owner.users == 2  # the toolchain let go; each backend holds the owner
     backends["alpha"].close()
     backends["alpha"].close()  # idempotent
-    assert "context.detach" not in machine.gpu.calls
     check_numbers(backends["beta"], models[0]["beta"], batches=(2,))
     backends["beta"].close()
-    assert machine.gpu.calls.count("context.detach") == 1
-    assert machine.gpu.memory == {}
+    assert owner.users == 0
+    assert machine.gpu.memory == {}  # every device buffer freed
+    assert machine.gpu.stats["host_alive"] == 0  # and every page-locked one
+    assert "context.detach" not in machine.gpu.calls  # kept for the next preparation
+    again = prepare_engines(manifest, ["alpha"], settings(tmp_path), env=machine.env())
+    again["alpha"].close()
+    made = [c for c in machine.gpu.calls if c.startswith("device.make_context")]
+    assert len(made) == 1  # reused, never re-made
 
 
-def test_a_failed_preparation_frees_the_cuda_context(tmp_path, models):
+def test_a_failed_preparation_releases_everything(tmp_path, models):
     _, manifest = models
     machine = Machine()
     with pytest.raises(EnginePreparationError):
         prepare_engines(manifest, ["alpha", "nope"], settings(tmp_path), env=machine.env())
-    assert machine.gpu.calls.count("context.detach") == 1
+    assert process_owner(machine.cuda).users == 0
+    assert machine.gpu.memory == {} and machine.gpu.stats["host_alive"] == 0
+    assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)
+
+
+# -- threads and lifetimes (issue 21): each of these fails on the code before it ----------
+
+
+def on_thread(name, fn):
+    """Run ``fn`` on a new thread named ``name`` (the daemon's loop or commands thread)."""
+    out = {}
+
+    def body():
+        try:
+            out["result"] = fn()
+        except BaseException as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=body, name=name)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("result")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("integrated", [True, False], ids=["jetson", "discrete"])
+def test_a_closed_backend_leaves_nothing_alive(tmp_path, models, version, integrated):
+    """Bug 1: close() must free the execution context, engine, stream and buffers then and
+    there, on the CUDA thread, not leave them to the garbage collector without a context."""
+    found, manifest = models
+    machine = Machine(version, integrated=integrated)
+    backends = prepare_engines(manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env())
+    on_thread("loop", lambda: check_numbers(backends["alpha"], found["alpha"]))
+    for backend in backends.values():
+        on_thread("commands", backend.close)
+    # Still referenced here, yet nothing of theirs may be alive any more.
+    alive = Counter(k for e, k, *_ in machine.gpu.lifetimes if e == "create")
+    alive.subtract(Counter(k for e, k, *_ in machine.gpu.lifetimes if e == "destroy"))
+    assert +alive == Counter(), f"still alive after close(): {+alive}"
+    assert machine.gpu.memory == {} and machine.gpu.stats["host_alive"] == 0
+    assert machine.gpu.streams == set()
+    assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)
+
+
+def test_tensorrt_objects_die_with_the_context_current_in_a_defined_order(tmp_path, models):
+    """Bug 2: the builder's objects die on the CUDA thread before the build returns, in the
+    order parser, config, network, builder; at close, the execution context, then the
+    engine; the runtime only after the last engine made from it."""
+    _, manifest = models
+    machine = Machine("8.6.1")
+    backends = prepare_engines(manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env())
+    for backend in backends.values():
+        backend.close()
+    events = [f"{event} {kind}" for event, kind, *_ in machine.gpu.lifetimes]
+    build = [
+        "create IBuilder",
+        "create INetworkDefinition",
+        "create IParser",
+        "create IBuilderConfig",
+        "destroy IParser",
+        "destroy IBuilderConfig",
+        "destroy INetworkDefinition",
+        "destroy IBuilder",
+    ]
+    load = ["create ICudaEngine", "create IExecutionContext"]
+    close = ["destroy IExecutionContext", "destroy ICudaEngine"]
+    assert events == [
+        *["create IBuilder", "destroy IBuilder"],  # the FP16 probe
+        *build,  # alpha
+        "create IRuntime",
+        *load,
+        *build,  # beta
+        *load,
+        *close,  # alpha
+        *close,  # beta
+        "destroy IRuntime",  # after the last engine made from it
+    ]
+    assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)
+
+
+def test_remote_restarts_reuse_the_one_context_and_leak_nothing(tmp_path, models):
+    """Bug 3: the pipeline is prepared on the main thread, run on the loop thread, and
+    restarted from the commands thread (restart-pipeline, rebuild-engines, set-config)
+    three times: one context, made once, never detached elsewhere, nothing leaked."""
+    found, manifest = models
+    machine = Machine(integrated=False)
+    backends = prepare_engines(manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env())
+
+    def remote_restart(running, force):
+        for backend in running.values():
+            backend.close()
+        return prepare_engines(
+            manifest, ["alpha", "beta"], settings(tmp_path), force=force, env=machine.env()
+        )
+
+    for restart in range(3):
+        beta = backends["beta"]
+        on_thread("loop", lambda: check_numbers(beta, found["beta"], (2,)))  # noqa: B023
+        backends = on_thread("commands", functools.partial(remote_restart, backends, restart == 1))
+    on_thread("loop", lambda: check_numbers(backends["alpha"], found["alpha"], (3,)))
+    for backend in backends.values():
+        on_thread("commands", backend.close)
+    made = [c for c in machine.gpu.calls if c.startswith("device.make_context")]
+    assert len(made) == 1
+    assert machine.gpu.violations == []  # no "leaked out-of-thread context"
+    assert machine.gpu.memory == {} and machine.gpu.stats["host_alive"] == 0
+    assert process_owner(machine.cuda).users == 0
+
+
+@pytest.mark.parametrize("recorder", [True, False], ids=["error-recorder", "logger-only"])
+def test_build_errors_after_a_restart_still_reach_the_report(tmp_path, models, recorder):
+    """Bug 4: TensorRT honours only the first logger of the process. A second toolchain
+    (after a restart) must still get its build's errors, and no logger TensorRT points at
+    may be freed."""
+    _, manifest = models
+    machine = Machine("10.3.0")
+    if not recorder:
+        del machine.trt.IErrorRecorder  # bindings without it: the logger's capture alone
+    first = prepare_engines(manifest, ["alpha"], settings(tmp_path), env=machine.env())
+    first["alpha"].close()
+    del first
+    gc.collect()
+    machine.gpu.fail_builds = True
+    events = Recorder()
+    prepare_engines(
+        manifest,
+        ["beta"],
+        settings(tmp_path),
+        reporter=events,
+        env=machine.env(),
+    )
+    (failure,) = [e for e in events.events if e[0] == "failed"]
+    assert "Out of memory" in failure[3]
+    assert machine.gpu.stats["ignored_loggers"] == 0  # every toolchain passed the same one
+    assert machine.gpu.violations == []  # nothing logged to a freed logger
+
+
+class SlowCount(int):
+    """A count whose arithmetic yields the GIL, so that an unlocked ``count += 1`` from two
+    threads loses updates every time instead of once in a blue moon."""
+
+    def __add__(self, other):
+        time.sleep(0.0005)
+        return SlowCount(int(self) + other)
+
+    def __sub__(self, other):
+        time.sleep(0.0005)
+        return SlowCount(int(self) - other)
+
+
+def test_owner_user_count_survives_many_threads():
+    """Bug 5: retain/release from many threads at once (backends closed from the
+    commands thread while others are made and run) must not lose a count."""
+    machine = Machine()
+    owner = process_owner(machine.cuda)
+    owner._users = SlowCount(0)
+
+    def churn():
+        for _ in range(20):
+            owner.retain()
+            owner.release()
+
+    owner.retain()
+    threads = [threading.Thread(target=churn) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert owner.users == 1
+    owner.release()
+    with pytest.raises(RuntimeError):
+        owner.release()
+
+
+def test_tensorrt_11_is_refused_by_name_not_failed_build_by_build(tmp_path, models):
+    """Finding 6: TensorRT 11 removed BuilderFlag.FP16 and platform_has_fast_fp16; the agent
+    says so once and uses ONNX Runtime, instead of recording a failed build per model."""
+    from tests.fakes import tensorrt11
+
+    _, manifest = models
+    machine = Machine()
+    machine.trt = tensorrt11.make(machine.gpu, "11.4.0")
+    assert not hasattr(machine.trt.BuilderFlag, "FP16")
+    backend = prepare_engines(
+        manifest, ["alpha"], settings(tmp_path, backend="auto"), env=machine.env()
+    )["alpha"]
+    assert backend.kind == "onnxruntime"
+    (note,) = backend.info.notes
+    assert "TensorRT 11.4.0 is not supported" in note and "BuilderFlag.FP16" in note
+    assert not list((tmp_path / "cache").glob("*.failed.json"))
+    assert machine.gpu.calls == []  # CUDA not even initialised
+    backend.close()
+
+
+def test_tensorrt_present_but_every_build_failed_is_an_error(tmp_path, models, caplog):
+    """Finding 6: never a quiet fallback. Each model's backend says why (for telemetry's
+    ``tensorrt_failed``), and the log has one ERROR naming them, on every boot."""
+    _, manifest = models
+    machine = Machine()
+    machine.gpu.fail_builds = True
+    for boot in ("first", "next"):  # the next boot skips the failed build, still loudly
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="emotion_agent.engines"):
+            backends = prepare_engines(
+                manifest, ["alpha", "beta"], settings(tmp_path), env=machine.env()
+            )
+        for backend in backends.values():
+            assert backend.kind == "onnxruntime"
+            assert "Out of memory" in backend.info.tensorrt_error, boot
+        (record,) = [r for r in caplog.records if "is installed but" in r.getMessage()]
+        message = record.getMessage()
+        assert record.levelno == logging.ERROR
+        assert "every model" in message and "alpha" in message and "beta" in message
+        assert "engines build --force" in message
+    assert machine.gpu.stats["builds"] == 0  # the second boot did not retry
+
+
+def test_no_tensorrt_error_when_tensorrt_works_or_is_absent(tmp_path, models, caplog):
+    _, manifest = models
+    machine = Machine()
+    with caplog.at_level(logging.ERROR, logger="emotion_agent.engines"):
+        (backend,) = prepare_engines(
+            manifest, ["alpha"], settings(tmp_path), env=machine.env()
+        ).values()
+        backend.close()
+        (fallback,) = prepare_engines(
+            manifest, ["alpha"], settings(tmp_path / "o", backend="onnxruntime"), env=machine.env()
+        ).values()
+    assert backend.info.tensorrt_error is None and fallback.info.tensorrt_error is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_owner_frees_the_context_on_its_own_thread_at_exit():
+    """At interpreter exit the process's owner detaches its context on the cuda thread
+    (pycuda aborts the process if a thread ends with a context still on its stack)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "import atexit, threading\n"
+        "from tests.fakes import pycuda as fake_pycuda\n"
+        "from tests.fakes.gpu import FakeGpu\n"
+        "from engines.cuda_owner import process_owner\n"
+        "gpu = FakeGpu()\n"
+        "cuda = fake_pycuda.make(gpu)\n"
+        "seen = []\n"
+        "detach = cuda.Context.detach\n"
+        "def spy(self):\n"
+        "    seen.append(threading.current_thread().name)\n"
+        "    detach(self)\n"
+        "cuda.Context.detach = spy\n"
+        "atexit.register(lambda: print(seen, gpu.violations, flush=True))\n"
+        "process_owner(cuda).call(lambda: None)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['cuda'] []"

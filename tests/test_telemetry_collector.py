@@ -183,6 +183,18 @@ def test_message_pipeline_agent_and_wire_format():
     assert status_line(None) == "starting"
 
 
+def test_tensorrt_failures_are_flagged_in_telemetry_and_the_status_line():
+    from agent.telemetry.pipeline import to_wire
+
+    snapshot = PipelineSnapshot(
+        models=[ModelSnapshot("emotion", "emotionnet", "onnxruntime")],
+        tensorrt_failed=["emotionnet"],
+    )
+    assert to_wire(snapshot).tensorrt_failed == ["emotionnet"]
+    assert status_line(snapshot).endswith("onnxruntime, TensorRT FAILED for 1 model(s)")
+    assert to_wire(PipelineSnapshot()).tensorrt_failed == []
+
+
 def test_no_pipeline_and_a_failing_pipeline_provider():
     def broken():
         raise RuntimeError("loop gone")
@@ -259,3 +271,26 @@ def test_reporter_reports_every_interval_and_survives_failures():
 
     collector.collect = broken_collect
     assert reporter.report_once() is None
+
+
+def test_the_daemon_reports_the_runtime_s_tensorrt_failures():
+    from types import SimpleNamespace
+
+    from agent.daemon import Daemon
+    from agent.pipeline.metrics import MetricsSnapshot
+
+    class Sink:
+        def emit(self, event):
+            pass
+
+        def close(self):
+            pass
+
+    daemon = Daemon(AgentConfig(), Sink(), environ={})
+    snap = MetricsSnapshot(3, 3, 0, 1, 1.0, 0, 15.0, {"p50": 9.0, "p95": 12.0}, {})
+    daemon.runtime = SimpleNamespace(
+        snapshot=lambda: snap, backend="onnxruntime", tensorrt_failed=["emotionnet"]
+    )
+    telemetry = daemon.telemetry_snapshot()
+    assert list(telemetry.tensorrt_failed) == ["emotionnet"]
+    assert status_line(telemetry).endswith("TensorRT FAILED for 1 model(s)")

@@ -2,11 +2,13 @@
 its file matches the manifest's sha256; the engine cache directory is usable."""
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from agent.config.models import ModelsConfig, PipelineConfig
 from agent.doctor.report import CheckResult, fail, ok, warn
+from engines.cache import EngineCache
 from engines.manifest import ManifestError, ModelIntegrityError, load_manifest
 
 
@@ -59,3 +61,26 @@ def _with_cache(name: str, message: str, cache: Path) -> CheckResult:
             "write access (the unit's CacheDirectory= does for /var/cache/emotion-agent)",
         )
     return ok(name, f"{message}; engine cache {cache}")
+
+
+def failed_tensorrt_builds(
+    models: ModelsConfig, pipeline: PipelineConfig, version: str
+) -> Tuple[Dict[str, str], int]:
+    """({model: error} of the configured models whose TensorRT ``version`` build failed and
+    that have no TensorRT engine in the cache, number of configured models)."""
+    cache = EngineCache(models.engine_cache_dir, lambda: datetime.now(timezone.utc))
+    names = [model for model, _ in configured_models(models, pipeline)]
+    failed = {
+        f.key.model: f.error
+        for f in cache.failures()
+        if f.key.backend == "tensorrt" and f.key.runtime_version == version
+    }
+    built = {
+        e.entry.key.model
+        for e in cache.entries(check_hash=False)
+        if e.valid
+        and e.entry is not None
+        and e.entry.key.backend == "tensorrt"
+        and e.entry.key.runtime_version == version
+    }
+    return {m: failed[m] for m in names if m in failed and m not in built}, len(names)

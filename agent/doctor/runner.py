@@ -98,7 +98,14 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
             ),
             _guarded(
                 "backend",
-                lambda: system.check_backend(cfg.models.backend, platform, env.importer),
+                lambda: system.check_backend(
+                    cfg.models.backend,
+                    platform,
+                    env.importer,
+                    lambda version: modelfiles.failed_tensorrt_builds(
+                        cfg.models, cfg.pipeline, version
+                    ),
+                ),
                 log,
             ),
             _guarded("models", lambda: modelfiles.check_models(cfg.models, cfg.pipeline), log),

@@ -5,10 +5,12 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from agent.doctor.report import CheckResult, fail, ok, warn
 from agent.platform import PlatformInfo
+from engines.tensorrt_backend import SUPPORTED as TENSORRT_SUPPORTED
+from engines.tensorrt_backend import TensorRTUnavailable, tensorrt_major
 
 #: Below this much free space in state_dir the outbox cannot be trusted.
 DISK_FAIL_MIB = 50.0
@@ -151,10 +153,56 @@ def _version(importer: Importer, module: str) -> Optional[str]:
     return str(getattr(imported, "__version__", "?"))
 
 
-def check_backend(backend: str, platform: PlatformInfo, importer: Importer) -> CheckResult:
+FailedBuilds = Callable[[str], Tuple[Dict[str, str], int]]  # version -> ({model: error}, of)
+
+
+def _tensorrt_problem(name: str, trt: str, failed_builds: FailedBuilds) -> Optional[CheckResult]:
+    """An installed TensorRT the agent cannot use: unsupported, or its builds failed."""
+    try:
+        tensorrt_major(trt)
+    except TensorRTUnavailable as exc:
+        return fail(
+            name,
+            str(exc),
+            f"install a supported TensorRT ({TENSORRT_SUPPORTED}), or set "
+            "models.backend: onnxruntime to run on the CPU on purpose",
+        )
+    failed, configured = failed_builds(trt)
+    if not failed:
+        return None
+    errors = "; ".join(f"{model}: {error}" for model, error in failed.items())
+    fix = (
+        "fix the cause (often memory on a small Jetson: stop other GPU programs or lower "
+        "models.tensorrt_workspace_mb), then run: emotion-agent engines build --force"
+    )
+    if len(failed) >= configured:
+        return fail(
+            name,
+            f"TensorRT {trt} is installed but every engine build failed; all models run on "
+            f"ONNX Runtime on the CPU (much slower): {errors}",
+            fix,
+        )
+    return warn(
+        name,
+        f"TensorRT {trt}: the engine build failed for {len(failed)} of {configured} models, "
+        f"which run on ONNX Runtime on the CPU: {errors}",
+        fix,
+    )
+
+
+def check_backend(
+    backend: str,
+    platform: PlatformInfo,
+    importer: Importer,
+    failed_builds: FailedBuilds = lambda version: ({}, 0),
+) -> CheckResult:
     name = "backend"
     ort = _version(importer, "onnxruntime")
     trt = _version(importer, "tensorrt")
+    if trt is not None and backend != "onnxruntime":
+        problem = _tensorrt_problem(name, trt, failed_builds)
+        if problem is not None:
+            return problem
     if backend == "tensorrt" or (backend == "auto" and platform.is_jetson):
         if trt is not None:
             return ok(name, f"TensorRT {trt}" + (f", ONNX Runtime {ort}" if ort else ""))

@@ -66,6 +66,11 @@ class PipelineTelemetry(Wire):
     queue_depth: int = Field(0, ge=0, description="Frames waiting between capture and loop.")
     outbox_depth: int = Field(0, ge=0, description="Events stored, not yet acknowledged.")
     models: List[ModelTelemetry] = Field(default_factory=list)
+    tensorrt_failed: List[str] = Field(
+        default_factory=list,
+        description="Models whose TensorRT engine failed to build or load although TensorRT "
+        "is installed; they run on ONNX Runtime on the CPU instead. Empty when all is well.",
+    )
 
 
 class AgentTelemetry(Wire):

@@ -44,6 +44,7 @@ class PipelineSnapshot:
     queue_depth: int = 0
     outbox_depth: int = 0
     models: Sequence[ModelSnapshot] = field(default_factory=tuple)
+    tensorrt_failed: Sequence[str] = field(default_factory=tuple)
 
 
 class PipelineSnapshotProvider(Protocol):
@@ -82,6 +83,7 @@ def to_wire(snapshot: PipelineSnapshot) -> PipelineTelemetry:
             ModelTelemetry(role=m.role, name=m.name, backend=m.backend, engine=m.engine)
             for m in snapshot.models
         ],
+        tensorrt_failed=list(snapshot.tensorrt_failed),
     )
 
 
@@ -107,4 +109,6 @@ def status_line(snapshot: Optional[PipelineSnapshot]) -> str:
     )
     if backends:
         text += ", " + "+".join(backends)
+    if snapshot.tensorrt_failed:
+        text += f", TensorRT FAILED for {len(snapshot.tensorrt_failed)} model(s)"
     return text

@@ -1,5 +1,15 @@
-"""A stand-in for the CUDA driver shared by the fake pycuda and the fake TensorRT."""
+"""A stand-in for the CUDA driver shared by the fake pycuda and the fake TensorRT.
 
+As strict as the real ones about threads and lifetimes: each thread has its own
+context stack (as pycuda's), and what the real libraries would silently leak or crash
+on is recorded in ``violations`` (tests fail on any): a context detached on another
+thread than its own, CUDA memory or a stream freed where its context is not current,
+a TensorRT object destroyed with no context current, a log sent to a freed logger.
+``lifetimes`` records every TensorRT object's creation and destruction, in order,
+with the thread and whether a context was current.
+"""
+
+import threading
 from collections import Counter
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -37,7 +47,9 @@ class FakeGpu:
         self.build_hook = None  # called inside build_serialized_network (tests wait on it)
         self.memory: Dict[int, np.ndarray] = {}
         self._next_address = 0x7F00_0000_0000
-        self.contexts: List[object] = []  # the current thread's context stack
+        self._threads = threading.local()  # each thread's context stack
+        self.violations: List[str] = []
+        self.lifetimes: List[Tuple[str, str, str, bool]] = []  # event, kind, thread, current
         self.streams: Set[int] = set()
         self.calls: List[str] = []
         self.stats: Counter = Counter()
@@ -68,8 +80,24 @@ class FakeGpu:
     # -- contexts ----------------------------------------------------------------
 
     @property
+    def contexts(self) -> List[object]:
+        """The calling thread's context stack (pycuda keeps one per thread)."""
+        stack = getattr(self._threads, "stack", None)
+        if stack is None:
+            stack = self._threads.stack = []
+        return stack
+
+    @property
     def current(self) -> Optional[object]:
-        return self.contexts[-1] if self.contexts else None
+        stack = self.contexts
+        return stack[-1] if stack else None
+
+    def violation(self, text: str) -> None:
+        self.violations.append(f"{text} (thread {threading.current_thread().name!r})")
+
+    def lifetime(self, event: str, kind: str) -> None:
+        thread = threading.current_thread().name
+        self.lifetimes.append((event, kind, thread, self.current is not None))
 
     def require_context(self, what: str) -> object:
         if self.current is None:

@@ -7,11 +7,22 @@ order, mem_flags)`` returning an ndarray whose ``.base`` is the host allocation
 (``get_device_pointer()`` works only for DEVICEMAP memory in a MAP_HOST context),
 ``mem_alloc``, ``memcpy_htod_async``, ``memcpy_dtoh_async``, ``Stream``,
 ``get_driver_version``, and the flag and attribute enums.
+
+Threads and lifetimes as in pycuda's C++ (src/cpp/cuda.hpp): a context remembers
+the thread that made it and each thread has its own context stack; ``Context.pop()``
+pops the calling thread's; ``detach()`` frees the context (and all its memory) when it
+is current or on its own thread, and elsewhere does nothing (pycuda's commented-out
+"leaked out-of-thread context"; recorded here as a violation). Memory and streams
+free themselves with their context pushed if they die on its thread, and leak
+otherwise (pycuda's ``cannot_activate_out_of_thread_context``: silent in older
+releases, a UserWarning in 2026.1; a violation
+here). ``HostAllocation.free()`` frees page-locked memory at once.
 """
 
 import enum
+import threading
 import types
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -60,24 +71,58 @@ def make(gpu: FakeGpu) -> types.ModuleType:
     class Context:
         def __init__(self, flags: int) -> None:
             self.flags = ctx_flags(flags)
-            self.detached = False
+            self.thread = threading.current_thread()
+            self.valid = True
+            self.allocations: set = set()  # device addresses made in this context
 
         def push(self) -> None:
-            if self.detached:
-                raise LogicError("context was detached")
+            if not self.valid:
+                raise LogicError("cannot push an invalid (detached) context")
             gpu.contexts.append(self)
 
         @staticmethod
         def pop() -> None:
             if not gpu.contexts:
-                raise LogicError("cuCtxPopCurrent failed: no context is current")
+                raise LogicError("context::pop failed: cannot pop non-current context")
             gpu.contexts.pop()
 
+        @staticmethod
+        def get_current() -> Optional["Context"]:
+            return gpu.current  # type: ignore[return-value]
+
+        @staticmethod
+        def synchronize() -> None:
+            gpu.require_context("cuCtxSynchronize")
+
         def detach(self) -> None:
-            if self in gpu.contexts:
-                raise LogicError("cannot detach a context that is current")
+            if not self.valid:
+                raise LogicError("context::detach failed: cannot detach from invalid context")
+            stack = gpu.contexts
+            if stack and stack[-1] is self:
+                stack.pop()
+            elif self.thread is not threading.current_thread():
+                self.valid = False  # pycuda gives up on it; the memory stays allocated
+                gpu.violation(
+                    f"leaked out-of-thread context: detach() of a context made on thread "
+                    f"{self.thread.name!r}"
+                )
+                return
+            self.valid = False
+            for address in list(self.allocations):
+                gpu.unregister(address)
             gpu.call("context.detach")
-            self.detached = True
+
+    def _release(what: str, context: "Context", free: Callable[[], None]) -> None:
+        """Free a context-dependent object as pycuda's scoped_context_activation does."""
+        if not context.valid:
+            return  # freed with its context (or leaked with it)
+        if gpu.current is context or context.thread is threading.current_thread():
+            free()
+            return
+        gpu.violation(
+            f"{what} freed where its context is not current: leaked "
+            "(cannot activate out-of-thread context)"
+        )
 
     class Device:
         def __init__(self, ordinal: int) -> None:
@@ -118,6 +163,8 @@ def make(gpu: FakeGpu) -> types.ModuleType:
         def __init__(self, shape: Sequence[int], dtype: np.dtype, mem_flags: int) -> None:
             self.mem_flags = host_alloc_flags(mem_flags)
             self.context = gpu.current
+            self.freed = False
+            gpu.stats["host_alive"] += 1
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             self._buffer = np.zeros(max(nbytes, 1), np.uint8)
             self._device_pointer: Optional[int] = None
@@ -140,6 +187,19 @@ def make(gpu: FakeGpu) -> types.ModuleType:
                 self._device_pointer = gpu.register(self._buffer)
             return self._device_pointer
 
+        def _free_now(self) -> None:
+            self.freed = True
+            gpu.stats["host_alive"] -= 1
+            if self._device_pointer is not None:
+                gpu.unregister(self._device_pointer)
+
+        def free(self) -> None:
+            if not self.freed:
+                _release("page-locked host memory", self.context, self._free_now)
+
+        def __del__(self) -> None:
+            self.free()
+
     def pagelocked_empty(
         shape: Any, dtype: Any, order: str = "C", mem_flags: int = 0
     ) -> np.ndarray:
@@ -156,6 +216,9 @@ def make(gpu: FakeGpu) -> types.ModuleType:
         def __init__(self, nbytes: int) -> None:
             self._buffer = np.zeros(max(int(nbytes), 1), np.uint8)
             self.address = gpu.register(self._buffer)
+            self.context: Context = gpu.current  # type: ignore[assignment]
+            self.context.allocations.add(self.address)
+            self.freed = False
 
         def __int__(self) -> int:
             return self.address
@@ -163,9 +226,17 @@ def make(gpu: FakeGpu) -> types.ModuleType:
         def __index__(self) -> int:
             return self.address
 
-        def free(self) -> None:
-            gpu.require_context("cuMemFree")
+        def _free_now(self) -> None:
+            self.freed = True
+            self.context.allocations.discard(self.address)
             gpu.unregister(self.address)
+
+        def free(self) -> None:
+            if not self.freed:
+                _release("device memory", self.context, self._free_now)
+
+        def __del__(self) -> None:
+            self.free()
 
     def mem_alloc(nbytes: int) -> DeviceAllocation:
         gpu.require_context("cuMemAlloc")
@@ -177,8 +248,12 @@ def make(gpu: FakeGpu) -> types.ModuleType:
             gpu.require_context("cuStreamCreate")
             state["streams"] = int(state.get("streams", 0)) + 1
             self.handle = 0x5000 + 16 * int(state["streams"])
+            self.context: Context = gpu.current  # type: ignore[assignment]
             gpu.streams.add(self.handle)
             gpu.stats["streams"] += 1
+
+        def __del__(self) -> None:
+            _release("a stream", self.context, lambda: gpu.streams.discard(self.handle))
 
         def synchronize(self) -> None:
             gpu.require_context("cuStreamSynchronize")

@@ -5,6 +5,16 @@ capability, precision, profile, tensors) + the ONNX graph. The fake runtime refu
 plan from another TensorRT version or GPU with the real error text, as TensorRT
 does after a JetPack upgrade ("the engine plan file is not compatible with this
 version of TensorRT"), and counts such attempts in ``gpu.stats["incompatible_plans"]``.
+
+Lifetimes and logging as strict as TensorRT's: every builder, network, parser,
+config, runtime, engine and execution context needs a current CUDA context to be
+made, records its creation and destruction in ``gpu.lifetimes`` and is a violation
+(``gpu.violations``) if destroyed with no context current; children keep their
+parents alive, as the Python bindings' keep-alives do. TensorRT keeps one logger per
+process: the first one given to a builder, runtime or parser receives every later
+message (a later logger is ignored, counted in ``gpu.stats["ignored_loggers"]``), and
+is held only weakly, so logging after it was freed is a violation (a crash on real
+TensorRT). An ``error_recorder`` set on a builder or runtime gets its errors instead.
 """
 
 import enum
@@ -12,6 +22,7 @@ import hashlib
 import json
 import struct
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -60,6 +71,29 @@ class Logger(ILogger):
         self.messages.append((severity, msg))
 
 
+class ErrorCode(enum.IntEnum):
+    SUCCESS = 0
+    UNSPECIFIED_ERROR = 1
+    INTERNAL_ERROR = 2
+    INVALID_ARGUMENT = 3
+    INVALID_CONFIG = 4
+    FAILED_ALLOCATION = 5
+    FAILED_INITIALIZATION = 6
+    FAILED_EXECUTION = 7
+    FAILED_COMPUTATION = 8
+    INVALID_STATE = 9
+    UNSUPPORTED_STATE = 10
+
+
+class IErrorRecorder:
+    """Base of user error recorders (TensorRT's Python ``IErrorRecorder``)."""
+
+    MAX_DESC_LENGTH = 127
+
+    def __init__(self) -> None:
+        pass
+
+
 class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
@@ -100,6 +134,13 @@ class BuilderFlag(enum.IntEnum):
     TF32 = 7
 
 
+# TensorRT 11: the precision-enabling (weak typing) flags are gone.
+StrongBuilderFlag = enum.IntEnum(  # type: ignore[misc]
+    "BuilderFlag",
+    {n: int(v) for n, v in BuilderFlag.__members__.items() if n not in ("FP16", "INT8")},
+)
+
+
 class MemoryPoolType(enum.IntEnum):
     WORKSPACE = 0
     DLA_MANAGED_SRAM = 1
@@ -123,6 +164,7 @@ class Features:
     workspace_attribute: bool  # config.max_workspace_size (removed in 10)
     memory_pool_limit: bool  # config.set_memory_pool_limit (8.4+)
     implicit_batch_default: bool  # networks are implicit batch unless flagged (8.x)
+    weak_typing: bool = True  # BuilderFlag.FP16, platform_has_fast_fp16 (removed in 11)
 
 
 class Toolkit:
@@ -132,9 +174,60 @@ class Toolkit:
         self.gpu = gpu
         self.features = features
         self.unsupported_ops: Sequence[str] = ()
+        self._logger: Optional["weakref.ref[ILogger]"] = None  # noqa: UP037 (3.8)
 
     def call(self, name: str) -> None:
         self.gpu.call(name)
+
+    def use_logger(self, logger: ILogger) -> None:
+        """TensorRT keeps the first logger's pointer and ignores later ones."""
+        if self._logger is None:
+            self._logger = weakref.ref(logger)
+        elif self._logger() is not logger:
+            self.gpu.stats["ignored_loggers"] += 1
+
+    def log(self, severity: Severity, msg: str) -> None:
+        logger = self._logger() if self._logger is not None else None
+        if logger is None:
+            if self._logger is not None:
+                self.gpu.violation(
+                    f"TensorRT logged {msg!r} to its logger after that was freed (a crash on "
+                    "real TensorRT, which keeps the first logger's pointer)"
+                )
+            return
+        logger.log(severity, msg)
+
+    def error(self, source: Any, code: ErrorCode, msg: str) -> None:
+        """An error from ``source``: to its error recorder if it has one, else the log."""
+        recorder = getattr(source, "error_recorder", None)
+        if recorder is not None:
+            recorder.report_error(code, msg)
+        else:
+            self.log(Severity.ERROR, msg)
+
+    def created(self, kind: str) -> None:
+        self.gpu.require_context(f"creating {kind}")
+        self.gpu.lifetime("create", kind)
+
+    def destroyed(self, kind: str) -> None:
+        self.gpu.lifetime("destroy", kind)
+        if self.gpu.current is None:
+            self.gpu.violation(f"{kind} destroyed with no CUDA context current")
+
+
+class Tracked:
+    """A TensorRT object whose life is recorded (see the module doc)."""
+
+    kind = ""
+    _kit: Optional[Toolkit] = None
+
+    def _born(self, kit: Toolkit) -> None:
+        kit.created(self.kind)
+        self._kit = kit
+
+    def __del__(self) -> None:
+        if self._kit is not None:
+            self._kit.destroyed(self.kind)
 
 
 @dataclass
@@ -223,8 +316,12 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         EXPLICIT_BATCH = 0
         EXPLICIT_PRECISION = 1
 
-    class NetworkDefinition:
-        def __init__(self, flags: int) -> None:
+    class NetworkDefinition(Tracked):
+        kind = "INetworkDefinition"
+
+        def __init__(self, builder: Any, flags: int) -> None:
+            self._born(kit)
+            self.builder = builder  # kept alive, as the bindings do
             explicit_flag = bool(flags & (1 << NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
             self.explicit_batch = explicit_flag or not features.implicit_batch_default
             self.flags = flags
@@ -246,15 +343,18 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         def get_output(self, index: int) -> ITensor:
             return ITensor(self.outputs[index])
 
-    class OnnxParser:
+    class OnnxParser(Tracked):
+        kind = "IParser"
+
         def __init__(self, network: NetworkDefinition, logger: ILogger) -> None:
+            self._born(kit)
+            kit.use_logger(logger)
             self.network = network
-            self.logger = logger
             self.errors: List[ParserError] = []
 
         def _fail(self, text: str) -> bool:
             self.errors.append(ParserError(text))
-            self.logger.log(Severity.ERROR, text)
+            kit.log(Severity.ERROR, text)
             return False
 
         def parse(self, model: bytes, path: Optional[str] = None) -> bool:
@@ -287,8 +387,12 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         def clear_errors(self) -> None:
             self.errors.clear()
 
-    class _ConfigBase:
-        def __init__(self) -> None:
+    class _ConfigBase(Tracked):
+        kind = "IBuilderConfig"
+
+        def __init__(self, builder: Any) -> None:
+            self._born(kit)
+            self.builder = builder
             self._flags: set = set()
             self.profiles: List[OptimizationProfile] = []
             self.timing_cache: Optional[TimingCache] = None
@@ -357,21 +461,20 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         def nbytes(self) -> int:
             return len(self)
 
-    class Builder:
-        def __init__(self, logger: ILogger) -> None:
-            kit.gpu.require_context("createInferBuilder")
-            self.logger = logger
+    class _BuilderBase(Tracked):
+        kind = "IBuilder"
 
-        @property
-        def platform_has_fast_fp16(self) -> bool:
-            return kit.gpu.fast_fp16
+        def __init__(self, logger: ILogger) -> None:
+            self._born(kit)
+            kit.use_logger(logger)
+            self.error_recorder: Optional[IErrorRecorder] = None
 
         def create_network(self, flags: int = 0) -> NetworkDefinition:
             kit.call(f"builder.create_network({flags})")
-            return NetworkDefinition(flags)
+            return NetworkDefinition(self, flags)
 
         def create_builder_config(self) -> Any:
-            return BuilderConfig()
+            return BuilderConfig(self)
 
         def create_optimization_profile(self) -> OptimizationProfile:
             return OptimizationProfile()
@@ -382,8 +485,9 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
             if kit.gpu.build_hook is not None:
                 kit.gpu.build_hook()
             if kit.gpu.fail_builds:
-                self.logger.log(
-                    Severity.ERROR,
+                kit.error(
+                    self,
+                    ErrorCode.FAILED_ALLOCATION,
                     "1: [executionContext.cpp::nvinfer1::rt::ExecutionContext] Out of memory: "
                     "Requested size was 268435456 bytes",
                 )
@@ -393,8 +497,9 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
             for tensor in network.inputs:
                 if -1 in tensor.shape:
                     if profile is None or tensor.name not in profile.shapes:
-                        self.logger.log(
-                            Severity.ERROR,
+                        kit.error(
+                            self,
+                            ErrorCode.INVALID_CONFIG,
                             "4: [network.cpp::validate] Network has dynamic or shape inputs, "
                             "but no optimization profile has been defined.",
                         )
@@ -411,7 +516,9 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
                 "version": features.version,
                 "device": kit.gpu.name,
                 "cc": list(kit.gpu.compute_capability),
-                "fp16": config.get_flag(BuilderFlag.FP16) and kit.gpu.fast_fp16,
+                "fp16": features.weak_typing
+                and config.get_flag(BuilderFlag.FP16)
+                and kit.gpu.fast_fp16,
                 "workspace": config.workspace,
                 "profile": shapes,
                 "inputs": [[t.name, list(t.shape), int(t.dtype)] for t in network.inputs],
@@ -421,8 +528,21 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
             kit.gpu.stats["builds"] += 1
             return HostMemory(PLAN_MAGIC + struct.pack("<I", len(blob)) + blob + network.onnx)
 
-    class _EngineBase:
-        def __init__(self, header: Dict[str, Any], graph: bytes) -> None:
+    builder_members: Dict[str, Any] = {}
+    if features.weak_typing:  # removed in TensorRT 11
+
+        def platform_has_fast_fp16(self: Any) -> bool:
+            return kit.gpu.fast_fp16
+
+        builder_members["platform_has_fast_fp16"] = property(platform_has_fast_fp16)
+    Builder = type("Builder", (_BuilderBase,), builder_members)
+
+    class _EngineBase(Tracked):
+        kind = "ICudaEngine"
+
+        def __init__(self, runtime: Any, header: Dict[str, Any], graph: bytes) -> None:
+            self._born(kit)
+            self.runtime = runtime  # kept alive, as the bindings do
             self.header = header
             self.io: List[Tuple[TensorDesc, bool]] = [
                 (TensorDesc(n, tuple(s), DataType(d)), True) for n, s, d in header["inputs"]
@@ -480,8 +600,11 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         def get_tensor_dtype(self, name: str) -> DataType:
             return self.io[self._index(name)][0].dtype
 
-    class _ContextBase:
+    class _ContextBase(Tracked):
+        kind = "IExecutionContext"
+
         def __init__(self, engine: Any) -> None:
+            self._born(kit)
             self.engine = engine
             self.shapes: Dict[str, Tuple[int, ...]] = {
                 d.name: d.shape for d, is_in in engine.io if is_in and -1 not in d.shape
@@ -605,17 +728,23 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
     ICudaEngine = type("ICudaEngine", engine_bases, {})
     ExecutionContext = type("IExecutionContext", context_bases, {})
 
-    class Runtime:
+    class Runtime(Tracked):
+        kind = "IRuntime"
+
         def __init__(self, logger: ILogger) -> None:
-            self.logger = logger
+            self._born(kit)
+            kit.use_logger(logger)
+            self.error_recorder: Optional[IErrorRecorder] = None
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> Any:
             kit.gpu.require_context("deserializeCudaEngine")
             kit.call("runtime.deserialize_cuda_engine")
             data = bytes(serialized_engine)
             if not data.startswith(PLAN_MAGIC) or len(data) < len(PLAN_MAGIC) + 4:
-                self.logger.log(
-                    Severity.ERROR, "1: [stdArchiveReader.cpp] Magic tag does not match"
+                kit.error(
+                    self,
+                    ErrorCode.INVALID_ARGUMENT,
+                    "1: [stdArchiveReader.cpp] Magic tag does not match",
                 )
                 return None
             (size,) = struct.unpack("<I", data[len(PLAN_MAGIC) : len(PLAN_MAGIC) + 4])
@@ -623,12 +752,17 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
             try:
                 header = json.loads(data[start : start + size].decode())
             except ValueError:
-                self.logger.log(Severity.ERROR, "1: [stdArchiveReader.cpp] Serialization error")
+                kit.error(
+                    self,
+                    ErrorCode.INVALID_ARGUMENT,
+                    "1: [stdArchiveReader.cpp] Serialization error",
+                )
                 return None
             if header["version"] != features.version:
                 kit.gpu.stats["incompatible_plans"] += 1
-                self.logger.log(
-                    Severity.ERROR,
+                kit.error(
+                    self,
+                    ErrorCode.INVALID_ARGUMENT,
                     "1: [stdArchiveReader.cpp::StdArchiveReader::40] Error Code 1: Serialization "
                     "(Serialization assertion stdVersionRead == serializationVersion failed."
                     "Version tag does not match. Note: Current Version: "
@@ -640,15 +774,16 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
                 kit.gpu.compute_capability
             ):
                 kit.gpu.stats["incompatible_plans"] += 1
-                self.logger.log(
-                    Severity.ERROR,
+                kit.error(
+                    self,
+                    ErrorCode.INVALID_ARGUMENT,
                     "6: The engine plan file is generated on an incompatible device",
                 )
                 return None
             try:
-                engine = ICudaEngine(header, data[start + size :])
+                engine = ICudaEngine(self, header, data[start + size :])
             except Exception as exc:
-                self.logger.log(Severity.ERROR, f"1: Serialization error: {exc}")
+                kit.error(self, ErrorCode.INVALID_ARGUMENT, f"1: Serialization error: {exc}")
                 return None
             kit.gpu.stats["deserializations"] += 1
             return engine
@@ -658,9 +793,11 @@ def make_module(gpu: FakeGpu, features: Features) -> types.ModuleType:
         "__version__": features.version,
         "ILogger": ILogger,
         "Logger": Logger,
+        "IErrorRecorder": IErrorRecorder,
+        "ErrorCode": ErrorCode,
         "DataType": DataType,
         "nptype": nptype,
-        "BuilderFlag": BuilderFlag,
+        "BuilderFlag": BuilderFlag if features.weak_typing else StrongBuilderFlag,
         "NetworkDefinitionCreationFlag": NetworkDefinitionCreationFlag,
         "Builder": Builder,
         "OnnxParser": OnnxParser,

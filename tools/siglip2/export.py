@@ -2,7 +2,7 @@
 """SigLIP2 + LAION's 40 emotion heads -> ONE ONNX model and its manifest entry.
 
     python -m tools.siglip2.export --siglip DIR --heads DIR --out DIR
-        [--name siglip2_emotion_heads] [--opset 17] [--images DIR]
+        [--name siglip2_emotion_heads] [--opset 14] [--images DIR]
         [--license TEXT] [--source TEXT] [--atol 1e-3]
 
 Workstation side only (torch + transformers: ``pip install 'emotion-agent[export]'``);
@@ -55,10 +55,15 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
 from tools.siglip2.heads import FusedHeads, Heads, HeadsError, load_heads  # noqa: E402
 
 DEFAULT_NAME = "siglip2_emotion_heads"
-DEFAULT_OPSET = 17  # TensorRT 8.5+ (JetPack 5); --opset 13 for TensorRT 8.2 (docs/models.md)
+# Opset 14: TensorRT 8.5 (JetPack 5.1) parses it; LayerNorm is decomposed into
+# ReduceMean / Sub / Pow / Sqrt / Div. Opset 17 writes ONNX LayerNormalization, which
+# only TensorRT 8.6+ (JetPack 6) parses, into its normalisation layer (better FP16
+# accuracy). Opset 13 for TensorRT 8.2 (JetPack 4.6). docs/models.md.
+DEFAULT_OPSET = 14
 FILL_IN = "FILL IN"
 # Every op the export may contain; all are in the ONNX-TensorRT support matrix of
-# TensorRT 8.5 (JetPack 5.1) and later. An op outside it fails the export.
+# TensorRT 8.2 and later, except LayerNormalization (opset 17 only: TensorRT 8.6+).
+# An op outside it fails the export.
 TENSORRT_OPS = frozenset(
     {
         *("Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Tanh", "Erf", "Relu", "Softmax"),
@@ -462,7 +467,7 @@ def export(
     ops = op_counts(onnx_path)
     unsupported = sorted(set(ops) - TENSORRT_OPS)
     if unsupported:
-        raise ExportError(f"ops outside the TensorRT 8.5 set: {', '.join(unsupported)}")
+        raise ExportError(f"ops outside TensorRT's ONNX support: {', '.join(unsupported)}")
 
     images = test_images(pre.size)
     if images_dir is not None:

@@ -184,10 +184,8 @@ class Loop:
             return
         for result in worker.results():
             self._emit_fine(worker, result)
-        if not worker.ready:
-            return
         candidates = [t for t in seen if t.confirmed]
-        if candidates:
+        if candidates and worker.wants():
             # the track that waited longest since its last secondary run goes first
             track = min(candidates, key=lambda t: t.last_secondary)
             made = square_crop(image, track.bbox, worker.settings.margin)

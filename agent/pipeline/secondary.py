@@ -139,6 +139,7 @@ class SecondaryWorker:
         self.refused = 0  # busy or too soon
         self.not_ready = 0  # offered while the model was loading (or failed)
         self.errors = 0
+        self._started = False
         self._thread = threading.Thread(target=self._run, name="secondary", daemon=True)
 
     @classmethod
@@ -157,7 +158,26 @@ class SecondaryWorker:
         return self.state == "ready"
 
     def start(self) -> None:
+        """Start the worker (loading its model first); a second call does nothing."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
         self._thread.start()
+
+    def wants(self) -> bool:
+        """Whether :meth:`offer` would take a crop now (ready, idle, the rate allows),
+        so the loop makes one only then. A "no" is counted (``not_ready``, ``refused``)."""
+        now = self._clock()
+        with self._lock:
+            if self.state != "ready":
+                self.not_ready += 1
+                return False
+            too_soon = self._last_start is not None and now - self._last_start < self._interval
+            if self._busy or self._job is not None or too_soon:
+                self.refused += 1
+                return False
+            return True
 
     def offer(
         self,

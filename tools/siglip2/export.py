@@ -268,7 +268,10 @@ def read_images(directory: Path, size: int) -> np.ndarray:
 def export_onnx(graph: FaceEmotionGraph, size: int, path: Path, opset: int) -> None:
     dummy = torch.zeros(1, size, size, 3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    # The TorchScript exporter (dynamo=False), on purpose: it needs no onnxscript, and
+    # its graph is plain ops for TensorRT; it warns that it is deprecated.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph,
             (dummy,),

@@ -28,9 +28,9 @@ from torch import nn  # noqa: E402
 from agent.config.models import AgentConfig  # noqa: E402
 from agent.runtime import build_runtime  # noqa: E402
 from engines.manifest import load_manifest  # noqa: E402
-from tests.siglip2_fixtures import EMOTIONS, make_heads, make_siglip_checkpoint  # noqa: E402
 from tools.siglip2 import export as exporter  # noqa: E402
 from tools.siglip2.heads import HeadsError, load_heads  # noqa: E402
+from tools.siglip2.stand_ins import EMOTIONS, make_heads, make_siglip_checkpoint  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parent.parent / "agent" / "samples"
 

@@ -442,6 +442,7 @@ def export(
     source: str = "",
     atol: float = 1e-3,
     allow_missing_neutral: bool = False,
+    fp16_check: bool = True,
     log=print,
 ) -> Dict[str, Any]:
     """Export, verify, write the manifest; return the report (raises ExportError)."""
@@ -486,7 +487,11 @@ def export(
         "passed": bool(diff.max() <= atol),
         "score_range": [float(expected.min()), float(expected.max())],
     }
-    fp16 = fp16_difference(onnx_path, images, expected)
+    fp16 = (
+        fp16_difference(onnx_path, images, expected)
+        if fp16_check
+        else {"ran": False, "why": "skipped (--skip-fp16)"}
+    )
     entry = manifest_entry(
         name,
         onnx_path,

@@ -1,4 +1,5 @@
-"""Tiny random stand-ins of the two Hugging Face repositories, in their exact layout.
+"""Random stand-ins of the two Hugging Face repositories, in their exact layout (the
+tests and tools/siglip2/bench.py; no model hub is reachable where they run).
 
 ``make_siglip_checkpoint``: a SigLIP checkpoint directory (config.json, weights,
 preprocessor_config.json) like google/siglip2-so400m-patch16-384's, with a tiny random

@@ -382,3 +382,28 @@ def test_the_runtime_refuses_what_the_device_cannot_hold(tmp_path):
         refuse_if_too_big(config, model, root)
     big = fake_root(tmp_path / "big", 32_000_000, 30_000_000)
     refuse_if_too_big(config, model, big)  # fits: no error
+
+
+def test_doctor_lists_the_secondary_check_only_when_the_stage_is_enabled(tmp_path):
+    from datetime import datetime as dt
+
+    from agent.config import LoadedConfig
+    from agent.doctor.runner import DoctorEnv, run_doctor
+
+    manifest = so400m_sized(tmp_path)
+    root = fake_root(tmp_path / "nano", 4_058_000, 2_900_000)
+    (root / "etc").mkdir()
+    (root / "etc" / "nv_tegra_release").write_text("# R32 (release), REVISION: 7.1, GCID: 1")
+    (root / "proc" / "device-tree").mkdir(parents=True)
+    (root / "proc" / "device-tree" / "model").write_text("NVIDIA Jetson Nano Developer Kit")
+    env = DoctorEnv(root=root, telemetry=False, now=lambda: dt(2026, 12, 4, tzinfo=timezone.utc),
+                    timeout_s=0.5)  # fmt: skip
+    on = secondary_config(manifest).model_copy(update={"state_dir": tmp_path / "state"})
+    report = run_doctor(lambda: LoadedConfig(on, None), env)
+    names = [c.name for c in report.checks]
+    assert names.index("models") + 1 == names.index("secondary")
+    check = report.checks[names.index("secondary")]
+    assert check.status == "fail" and "does not fit NVIDIA Jetson Nano" in check.message
+    off = AgentConfig.model_validate({"state_dir": str(tmp_path / "state")})
+    assert "secondary" not in [c.name for c in run_doctor(lambda: LoadedConfig(off, None),
+                                                          env).checks]  # fmt: skip

@@ -216,6 +216,7 @@ def build_runtime(
             clock=clock,
             name=sp.model,
             settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
+            nice=sp.nice,
         )
 
     cam = config.camera

@@ -343,7 +343,7 @@ def so400m_sized(tmp_path: Path) -> Path:
     """A manifest whose model file has the exported so400m model's size (sparse)."""
     manifest = secondary_manifest(tmp_path / "m")
     with open(manifest.parent / "fine.onnx", "r+b") as f:
-        f.truncate(1_880 * 2**20)  # measured size of the export (docs/models.md)
+        f.truncate(1_995_920_412)  # the measured size of a so400m-shaped export
     return manifest
 
 
@@ -407,3 +407,23 @@ def test_doctor_lists_the_secondary_check_only_when_the_stage_is_enabled(tmp_pat
     off = AgentConfig.model_validate({"state_dir": str(tmp_path / "state")})
     assert "secondary" not in [c.name for c in run_doctor(lambda: LoadedConfig(off, None),
                                                           env).checks]  # fmt: skip
+
+
+def test_the_worker_runs_below_the_loops_cpu_priority():
+    import os
+
+    seen = []
+
+    def model(crop):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return {"Awe": 1.0}
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker = SecondaryWorker(lambda: (model, lambda: None), rate_hz=10, nice=5)
+    worker.start()
+    wait_until(lambda: worker.ready)
+    assert worker.offer(1, np.zeros((2, 2, 3), np.uint8))
+    wait_until(lambda: worker.runs == 1)
+    worker.stop()
+    assert seen == [min(19, base + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # loop's: as was

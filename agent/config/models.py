@@ -190,6 +190,13 @@ class SecondaryConfig(Section):
         le=64,
         description="ONNX Runtime threads of the secondary model (leave cores to the main loop).",
     )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Run the secondary worker this much below the loop's CPU priority "
+        "(Linux thread niceness; 0 = same priority).",
+    )
 
     @field_validator("manifest")
     @classmethod

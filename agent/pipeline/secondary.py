@@ -17,6 +17,7 @@ with a margin, taken from the frame (zero-padded only where it leaves the frame)
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -114,11 +115,13 @@ class SecondaryWorker:
         clock: Callable[[], float] = time.monotonic,
         name: str = "secondary",
         settings: SecondarySettings = SecondarySettings(),
+        nice: int = 0,
     ) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be > 0")
         self.name = name
         self.settings = settings
+        self._nice = nice
         self.rate_hz = rate_hz
         self._load = load
         self._model: Optional[SecondaryModel] = None
@@ -242,7 +245,21 @@ class SecondaryWorker:
         log.info("secondary model %s ready (at most %.2f runs/s)", self.name, self.rate_hz)
         return True
 
+    def _lower_priority(self) -> None:
+        """Run this thread ``nice`` steps below the process (Linux: per thread), so the
+        scheduler gives the loop's threads the CPU first; ONNX Runtime with one thread
+        computes on this thread. Raising niceness needs no privilege."""
+        if self._nice <= 0:
+            return
+        try:
+            tid = threading.get_native_id()
+            now = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, now + self._nice))
+        except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+            log.info("secondary worker keeps its priority (%s)", exc)
+
     def _run(self) -> None:
+        self._lower_priority()
         if not self._prepare():
             return
         model = self._model

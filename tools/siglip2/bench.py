@@ -139,7 +139,12 @@ class CountingSink:
 
 
 def loop_pass(
-    work: Path, manifest: Optional[Path], frames: int, fps: Optional[float], threads: int
+    work: Path,
+    manifest: Optional[Path],
+    frames: int,
+    fps: Optional[float],
+    threads: int,
+    nice: int = 10,
 ) -> Dict[str, Any]:
     from agent.config.models import AgentConfig
     from agent.runtime import build_runtime
@@ -147,7 +152,7 @@ def loop_pass(
     secondary: Dict[str, Any] = {"enabled": False}
     if manifest is not None:
         secondary = {"enabled": True, "manifest": str(manifest), "rate_hz": 1.0,
-                     "threads": threads}  # fmt: skip
+                     "threads": threads, "nice": nice}  # fmt: skip
     config = AgentConfig.model_validate(
         {
             "camera": {"source": "synthetic://", "width": 640, "height": 480, "fps": fps or 30},
@@ -194,6 +199,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--crops", type=int, default=20, help="runs for the per-crop latency")
     parser.add_argument("--threads", type=int, default=1, help="pipeline.secondary.threads")
     parser.add_argument("--skip-fp16", action="store_true", help="skip the export's FP16 check")
+    parser.add_argument(
+        "--nice", type=int, nargs="+", default=[10], help="pipeline.secondary.nice values to run"
+    )
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["unpaced", "paced15"])
     args = parser.parse_args(argv)
     report = make_models(args.size, args.work, args.skip_fp16)
     manifest = args.work / args.size / "out" / "manifest.yaml"
@@ -207,20 +217,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         "crop_latency": [crop_latency(manifest, t, args.crops) for t in (1, 2)],
     }
     passes: Dict[str, List[Dict[str, Any]]] = {}
-    for paced in (None, 15.0):
-        for repeat in range(2):
-            for on in (False, True):
-                key = f"{'paced15' if paced else 'unpaced'}-{'on' if on else 'off'}"
+    variants: List[Optional[int]] = [None, *args.nice]  # None: the stage off
+    for mode in args.modes:
+        paced = 15.0 if mode == "paced15" else None
+        for repeat in range(args.repeats):
+            for nice in variants:
+                key = f"{mode}-off" if nice is None else f"{mode}-on-nice{nice}"
                 work = args.work / args.size / f"loop-{key}-{repeat}"
+                on = manifest if nice is not None else None
                 passes.setdefault(key, []).append(
-                    loop_pass(work, manifest if on else None, args.frames, paced, args.threads)
+                    loop_pass(work, on, args.frames, paced, args.threads, nice or 0)
                 )
                 print(key, passes[key][-1], file=sys.stderr, flush=True)
     result["loop"] = passes
-    for mode in ("unpaced", "paced15"):
+    for mode in args.modes:
         off = sum(p["fps"] for p in passes[f"{mode}-off"])
-        on = sum(p["fps"] for p in passes[f"{mode}-on"])
-        result[f"{mode}_on_over_off"] = round(on / off, 3)
+        for nice in args.nice:
+            on = sum(p["fps"] for p in passes[f"{mode}-on-nice{nice}"])
+            result[f"{mode}_on_nice{nice}_over_off"] = round(on / off, 3)
     print(json.dumps(result, indent=2))
     return 0
 

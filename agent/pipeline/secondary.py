@@ -295,11 +295,17 @@ class SecondaryWorker:
         finally:
             self._close()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: Optional[float] = 30.0) -> None:
+        """Stop taking crops and wait (up to ``timeout``; None: as long as it takes) for
+        a run in flight: an inference runtime torn down under a running inference
+        aborts the process at exit. A model still loading (an engine build) is not
+        waited for; it is freed when its build ends."""
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self.state != "loading":
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("secondary model %s still running after %.0f s", self.name, timeout)
         with self._lock:
             if self.state in ("loading", "ready"):
                 self.state = "stopped"

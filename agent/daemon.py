@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
 from agent.pipeline.metrics import MetricsSnapshot
+from agent.pipeline.secondary import SecondaryWorker
 from agent.runtime import Runtime, build_runtime
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
@@ -44,7 +45,12 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.pipeline import PipelineSnapshot, StageSnapshot, status_line
+from agent.telemetry.pipeline import (
+    PipelineSnapshot,
+    SecondarySnapshot,
+    StageSnapshot,
+    status_line,
+)
 from engines.progress import BuildReporter
 
 if TYPE_CHECKING:
@@ -72,6 +78,16 @@ def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapsho
         events_total=snap.events,
         models=[ModelSnapshot("pipeline", "all", backend)],
     )
+
+
+def secondary_snapshot(worker: Optional[SecondaryWorker]) -> Optional[SecondarySnapshot]:
+    if worker is None:
+        return None
+    s = worker.stats()
+    return SecondarySnapshot(
+        worker.name, s.state, s.rate_hz, s.runs, s.runs_per_s, s.refused, s.not_ready,
+        s.errors, s.latency_ms_p50, s.latency_ms_p95, s.error,
+    )  # fmt: skip
 
 
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
@@ -360,6 +376,7 @@ class Daemon:
             return None
         return dataclasses.replace(
             to_pipeline_snapshot(snap, runtime.backend),
+            secondary=secondary_snapshot(runtime.secondary),
             fps=snap.fps,
             latency_ms_p50=snap.latency_ms.get("p50"),
             latency_ms_p95=snap.latency_ms.get("p95"),

@@ -8,6 +8,7 @@ buffers, so perception writes its preprocessing output straight into them (no
 copy; on a Jetson those are the mapped buffers the GPU reads).
 """
 
+import dataclasses
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -33,12 +34,32 @@ def engine_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-def selected_models(config: AgentConfig) -> List[str]:
-    """The models the daemon runs with this configuration."""
+def main_models(config: AgentConfig) -> List[str]:
+    """The models of the real-time loop (prepared before it starts)."""
     names = [config.models.detector, config.models.landmarks, config.models.emotion]
-    if config.pipeline.secondary.enabled:
-        names.append(config.pipeline.secondary.model)
     return list(dict.fromkeys(names))
+
+
+def selected_models(config: AgentConfig) -> List[str]:
+    """The models the daemon runs with this configuration that ``models.manifest`` lists:
+    the loop's, and the secondary model unless it has a manifest of its own
+    (``pipeline.secondary.manifest``, see :func:`secondary_settings`)."""
+    names = main_models(config)
+    secondary = config.pipeline.secondary
+    if secondary.enabled and secondary.manifest is None:
+        names.append(secondary.model)
+    return list(dict.fromkeys(names))
+
+
+def secondary_settings(config: AgentConfig) -> EngineSettings:
+    """The secondary model's engine settings: batch 1, its own ONNX Runtime threads.
+    Its engine key is what it would be with the main settings (threads are not part
+    of a key), so ``engines clean`` and the daemon agree on it."""
+    return dataclasses.replace(
+        engine_settings(config),
+        max_batch=1,
+        onnxruntime_threads=config.pipeline.secondary.threads,
+    )
 
 
 class EngineRunner:
@@ -88,8 +109,9 @@ def prepare_runners(
     reporter: Optional[BuildReporter] = None,
     on_building: Optional[OnBuilding] = None,
 ) -> Dict[str, EngineRunner]:
-    """One runner per configured model (raises engines.prepare.EnginePreparationError)."""
-    names = selected_models(config)
+    """One runner per model of the loop (raises engines.prepare.EnginePreparationError);
+    the secondary model is prepared by its worker (agent.runtime.secondary_loader)."""
+    names = main_models(config)
     backends = prepare_engines(
         manifest, names, engine_settings(config), reporter=reporter, on_building=on_building
     )

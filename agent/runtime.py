@@ -10,7 +10,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -18,17 +19,26 @@ from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
-from agent.inference import prepare_runners, runner_factory
+from agent.inference import EngineRunner, prepare_runners, runner_factory, secondary_settings
 from agent.perception.factory import build_perception, manifest_for
 from agent.perception.pipeline import Runner
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import timed
 from agent.pipeline.loop import Loop, LoopSettings
 from agent.pipeline.metrics import MetricsSnapshot, PipelineMetrics
-from agent.pipeline.secondary import SecondaryModel, SecondaryWorker
+from agent.pipeline.secondary import (
+    SecondaryLoader,
+    SecondaryModel,
+    SecondarySettings,
+    SecondaryWorker,
+)
 from agent.platform import detect_platform
+from agent.telemetry.procfs import read_meminfo
+from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
-from engines.manifest import ImageInput, ResolvedModel
+from engines.budget import estimate
+from engines.manifest import ImageInput, LoadedManifest, ResolvedModel, load_manifest
+from engines.prepare import prepare_engines
 from engines.progress import BuildReporter, OnBuilding
 
 log = logging.getLogger("emotion_agent.runtime")
@@ -77,6 +87,53 @@ class Runtime:
                 self.secondary.stop()
             self.loop.sink.close()
             self.close()
+
+
+def refuse_if_too_big(config: AgentConfig, model: ResolvedModel, root: Path = Path("/")) -> None:
+    """Refuse a model this device can never hold (``doctor`` says the same, earlier):
+    its engine build would take the memory the system and the main loop need."""
+    jetson = detect_platform(root).is_jetson
+    kind = "tensorrt" if jetson and config.models.backend != "onnxruntime" else "onnxruntime"
+    need = estimate(model.path.stat().st_size, kind, config.models.tensorrt_workspace_mb)
+    total = read_meminfo(SysfsReader(root)).get("ram_total_mib")
+    if total is not None and not need.fits(total):
+        raise RuntimeError(
+            f"{model.name} needs about {need.build_mib:.0f} MiB to build on {kind} (estimate); "
+            f"this device has {total:.0f} MiB: not loaded (emotion-agent doctor; docs/models.md)"
+        )
+
+
+def secondary_loader(
+    config: AgentConfig,
+    manifest: LoadedManifest,
+    make_runner: Optional[RunnerFactory],
+    record: Callable[[float, float], None],
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> SecondaryLoader:
+    """How the secondary worker gets its model, on its own thread: verify the file
+    (sha256 of a large file takes seconds), then prepare its engine like every other
+    model (TensorRT FP16 with the engine cache, ONNX Runtime elsewhere); a first-boot
+    build reports progress through ``reporter`` while the loop already runs."""
+    name = config.pipeline.secondary.model
+
+    def load() -> Tuple[SecondaryModel, Callable[[], None]]:
+        resolved = manifest.verified(name, "secondary")
+        if make_runner is not None:
+            return secondary_model(resolved, timed(make_runner(resolved), record)), lambda: None
+        refuse_if_too_big(config, resolved)
+        backends = prepare_engines(
+            manifest,
+            [name],
+            secondary_settings(config),
+            reporter=reporter,
+            on_building=on_building,
+        )
+        backend = backends[name]
+        runner = EngineRunner(backend, [o.name for o in resolved.entry.outputs], record)
+        return secondary_model(resolved, runner), backend.close
+
+    return load
 
 
 def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
@@ -146,8 +203,25 @@ def build_runtime(
     p = config.pipeline
     secondary = None
     if p.secondary.enabled:
-        resolved = manifest.verified(p.secondary.model, "secondary")
-        secondary = SecondaryWorker(secondary_model(resolved, base(resolved)), p.secondary.rate_hz)
+        sp = p.secondary
+        own = load_manifest(sp.manifest) if sp.manifest is not None else manifest
+        own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
+        loader = secondary_loader(
+            config,
+            own,
+            make_runner,
+            lambda at, ms: metrics.model("secondary", at, ms),
+            reporter,
+            on_building,
+        )
+        secondary = SecondaryWorker(
+            loader,
+            sp.rate_hz,
+            clock=clock,
+            name=sp.model,
+            settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
+            nice=sp.nice,
+        )
 
     cam = config.camera
     source = open_source(

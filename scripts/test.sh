@@ -45,6 +45,20 @@ VENV="${EA_TEST_VENV:-.venv-test}"
 say "installing emotion-agent and test dependencies into $VENV"
 make_venv "$PYTHON" "$VENV"
 
+# The `export` extra (tools/siglip2, tests/test_siglip2_export.py) on this Python only
+# (torch has no Python 3.8 wheels; those tests skip there and say so). torch is pinned
+# to its CPU build: from a local wheel or the configured indexes where one is, else
+# from PyTorch's CPU index; never PyPI's default torch, which pulls the CUDA libraries.
+TORCH="torch==2.13.0+cpu"
+pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0+cpu')" 2>/dev/null \
+    || { say "installing $TORCH (the export extra's CPU torch)"; pipq "$TORCH" 2>/dev/null; } \
+    || pipq "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu; then
+    pipq -e '.[cpu,systemd,dev,export]'
+else
+    say "WARNING: no CPU build of torch could be installed: the export tests will skip"
+fi
+
 # The JavaScript reference of the bundled face-api.js models (tools/faceapi): lets
 # tests/test_bundled_models.py check that tools/faceapi/port.py regenerates the
 # committed ONNX files byte for byte. Pinned by tools/faceapi/package-lock.json.

@@ -223,8 +223,11 @@ def test_secondary_rate_limit_and_never_blocks():
         release.wait(2)
         return {"awe": 0.7, "calm": 0.3}
 
-    worker = SecondaryWorker(slow_model, rate_hz=2.0, clock=lambda: now[0])
+    worker = SecondaryWorker.with_model(slow_model, rate_hz=2.0, clock=lambda: now[0])
+    assert not worker.offer(1, np.zeros((10, 10, 3), np.uint8))  # not started: not ready
+    assert worker.not_ready == 1
     worker.start()
+    wait_until(lambda: worker.ready)
     crop = np.zeros((10, 10, 3), np.uint8)
     accepted = 0
     t0 = time.perf_counter()
@@ -245,16 +248,27 @@ def test_secondary_rate_limit_and_never_blocks():
         time.sleep(0.005)
     worker.stop()
     results = worker.results()
-    assert [tid for tid, _ in results] == [1, 1]
-    assert results[0][1] == {"awe": 0.7, "calm": 0.3}
+    assert [r.track_id for r in results] == [1, 1]
+    assert results[0].scores == {"awe": 0.7, "calm": 0.3}
+    assert worker.refused == 98 and worker.errors == 0
+
+
+def wait_until(condition, timeout=5.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "condition not met in time"
+        time.sleep(0.005)
 
 
 def test_secondary_results_become_events():
     perception = ScriptedPerception([[FACE]], [[NEUTRAL]])
     now = [0.0]
     sink = ListSink()
-    worker = SecondaryWorker(lambda crop: {"awe": 0.9}, rate_hz=100.0, clock=lambda: now[0])
+    worker = SecondaryWorker.with_model(
+        lambda crop: {"awe": 0.9, "calm": 0.1}, rate_hz=100.0, clock=lambda: now[0]
+    )
     worker.start()
+    wait_until(lambda: worker.ready)
     loop = make_loop(perception, sink, lambda: now[0])
     loop.secondary = worker
     for i in range(30):
@@ -262,8 +276,10 @@ def test_secondary_results_become_events():
         loop.step(frame(i, now[0]))
         time.sleep(0.005)
     worker.stop()
-    secondary = [e for e in sink.events if e.type == "secondary"]
-    assert secondary and secondary[0].secondary == {"awe": 0.9} and secondary[0].track_id == 1
+    fine = [e for e in sink.events if e.type == "fine_emotions"]
+    assert fine and fine[0].track_id == 1 and fine[0].model == "secondary"
+    assert [(t.label, t.intensity) for t in fine[0].top] == [("awe", 0.9), ("calm", 0.1)]
+    assert fine[0].scores is None  # publish_all is off
 
 
 # -- the commands, with the real models on the synthetic source ---------------------------

@@ -4,6 +4,8 @@ value paths exist in the messages the agent really publishes."""
 import json
 from datetime import datetime, timezone
 
+import jinja2
+
 from agent.config.models import AgentConfig
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.service import MqttService
@@ -17,14 +19,11 @@ from tests.mqtt_feeder import synthetic_event
 from tests.mqtt_helpers import Subscriber
 
 
-def resolve(template: str, payload: dict):
-    """The value of a '{{ value_json.a.b }}' template on ``payload``."""
-    path = template.strip("{} ").split(".")
-    assert path[0] == "value_json", template
-    value = payload
-    for key in path[1:]:
-        value = value[key]
-    return value
+def resolve(template: str, payload: dict, state: str = "previous"):
+    """What Home Assistant makes of a value template on ``payload`` (Jinja2, as HA;
+    ``this.state``: the sensor's current state). Undefined names are errors."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(template).render(value_json=payload, this={"state": state})
 
 
 def config(broker, tmp_path, enabled: bool) -> AgentConfig:
@@ -90,8 +89,8 @@ def test_discovery_configs_match_the_published_messages(mosquitto, tmp_path):
         values[body["name"]] = resolve(body["value_template"], latest[body["state_topic"]])
         assert body["availability_topic"] == "emotion/lobby/cam.1/status"
     outbox = values.pop("outbox")
-    assert values == {"emotion": "happy", "fps": 12.5}
-    assert isinstance(outbox, int) and outbox >= 0  # the depth when telemetry was taken
+    assert values == {"emotion": "happy", "fps": "12.5"}
+    assert int(outbox) >= 0  # the depth when telemetry was taken
     late = Subscriber(mosquitto.host, mosquitto.port, "homeassistant/#")
     assert late.wait_for(lambda msgs: len(msgs) == 3 and all(m.retain for m in msgs), 5)
     late.close()
@@ -101,3 +100,33 @@ def test_discovery_configs_match_the_published_messages(mosquitto, tmp_path):
         json.loads(discovery_messages(cfg)[0][1])["unique_id"]
         == "emotion_agent_lobby_cam_1_emotion"
     )
+
+
+def test_fine_emotion_sensor_shows_the_top_one_and_keeps_the_emotion(tmp_path):
+    """With the secondary stage on, a fine_emotion sensor takes the top of the
+    fine_emotions events; each sensor keeps its state on the other kind of event."""
+    cfg = AgentConfig.model_validate(
+        {
+            "device": {"id": "cam.1", "fleet": "lobby"},
+            "mqtt": {"discovery": {"enabled": True}},
+            "pipeline": {"secondary": {"enabled": True}},
+            "state_dir": str(tmp_path),
+        }
+    )
+    bodies = {json.loads(p)["name"]: json.loads(p) for _, p in discovery_messages(cfg)}
+    assert sorted(bodies) == ["emotion", "fine_emotion", "fps", "outbox"]
+    fine = {
+        "seq": 7,
+        "event": {
+            "type": "fine_emotions",
+            "track_id": 1,
+            "top": [{"label": "Elation", "intensity": 1.5}, {"label": "Awe", "intensity": 0.2}],
+        },
+    }
+    emotion = {"seq": 8, "event": {"type": "update", "track_id": 1, "label": "happy"}}
+    assert resolve(bodies["fine_emotion"]["value_template"], fine) == "Elation"
+    assert resolve(bodies["fine_emotion"]["value_template"], emotion, "Elation") == "Elation"
+    assert resolve(bodies["emotion"]["value_template"], emotion) == "happy"
+    assert resolve(bodies["emotion"]["value_template"], fine, "happy") == "happy"
+    assert all(b["state_topic"] == "emotion/lobby/cam.1/events" for n, b in bodies.items()
+               if n in ("emotion", "fine_emotion"))  # fmt: skip

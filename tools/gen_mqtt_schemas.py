@@ -24,6 +24,7 @@ from agent.mqtt.messages import (
     CommandRequest,
     CommandResponse,
     EventMessage,
+    FineEmotionsMessage,
     StatusMessage,
     TelemetryEnvelope,
 )
@@ -31,6 +32,7 @@ from agent.mqtt.messages import (
 OUT = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 MODELS: Dict[str, Type[BaseModel]] = {
     "event": EventMessage,
+    "fine-emotions": FineEmotionsMessage,
     "status": StatusMessage,
     "telemetry": TelemetryEnvelope,
     "command-request": CommandRequest,

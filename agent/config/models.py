@@ -206,7 +206,37 @@ class SecondaryConfig(Section):
 
     enabled: bool = Field(False, description="Run the secondary model on selected face crops.")
     model: str = Field("siglip2_emotion_heads", description="Secondary model, by manifest name.")
+    manifest: Optional[Path] = Field(
+        None,
+        description="Manifest that lists the secondary model (the one tools/siglip2/export.py "
+        "writes); unset means models.manifest.",
+    )
     rate_hz: float = Field(1.0, gt=0, le=30, description="At most this many runs per second.")
+    margin: float = Field(
+        0.2, ge=0, le=1, description="Square crop around the face: margin per side, x box side."
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Emotions listed in a fine_emotions event.")
+    publish_all: bool = Field(
+        False, description="Also put every emotion's intensity in each fine_emotions event."
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="ONNX Runtime threads of the secondary model (leave cores to the main loop).",
+    )
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Run the secondary worker this much below the loop's CPU priority "
+        "(Linux thread niceness; 0 = same priority).",
+    )
+
+    @field_validator("manifest")
+    @classmethod
+    def _manifest_readable(cls, value: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+        return _check_readable(value, info)
 
 
 class PipelineConfig(Section):

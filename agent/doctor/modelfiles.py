@@ -19,7 +19,7 @@ def configured_models(models: ModelsConfig, pipeline: PipelineConfig) -> List[Tu
         (models.landmarks, "face_landmarks"),
         (models.emotion, "emotion"),
     ]
-    if pipeline.secondary.enabled:
+    if pipeline.secondary.enabled and pipeline.secondary.manifest is None:
         wanted.append((pipeline.secondary.model, "secondary"))
     return wanted
 
@@ -38,6 +38,14 @@ def check_models(models: ModelsConfig, pipeline: PipelineConfig) -> CheckResult:
             problems.append(str(exc))
         else:
             verified.append(model)
+    secondary = pipeline.secondary
+    if secondary.enabled and secondary.manifest is not None:
+        try:
+            load_manifest(secondary.manifest).verified(secondary.model, "secondary")
+        except (ManifestError, ModelIntegrityError) as exc:
+            problems.append(str(exc))
+        else:
+            verified.append(f"{secondary.model} ({secondary.manifest})")
     if problems:
         return fail(
             name,

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from agent.config import AgentConfig, ConfigError, LoadedConfig
-from agent.doctor import modelfiles, network, system
+from agent.doctor import modelfiles, network, secondary, system
 from agent.doctor.report import CheckResult, DoctorReport, fail, warn
 from agent.platform import detect_platform
 from agent.telemetry.collector import default_sources, merge_device, utc_now
 from agent.telemetry.jtop import JTOP_SOCKET
 from agent.telemetry.models import DeviceTelemetry
 
-CHECK_ORDER = ("config", "disk", "clock", "jtop", "backend", "models", "camera", "broker")
+CHECK_ORDER = (
+    "config", "disk", "clock", "jtop", "backend", "models", "secondary", "camera", "broker",
+)  # fmt: skip
 
 
 @dataclass
@@ -109,6 +111,17 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
                 log,
             ),
             _guarded("models", lambda: modelfiles.check_models(cfg.models, cfg.pipeline), log),
+            *(
+                [
+                    _guarded(
+                        "secondary",
+                        lambda: secondary.check_secondary(cfg, platform, env.root),
+                        log,
+                    )
+                ]
+                if cfg.pipeline.secondary.enabled
+                else []
+            ),
             _guarded(
                 "camera",
                 lambda: network.check_camera(

@@ -4,11 +4,11 @@ import threading
 from pathlib import Path
 from typing import IO, Optional, Protocol, Sequence
 
-from agent.events.models import EmotionEvent
+from agent.events.fine import AnyEvent
 
 
 class EventSink(Protocol):
-    def emit(self, event: EmotionEvent) -> None: ...
+    def emit(self, event: AnyEvent) -> None: ...
 
     def close(self) -> None: ...
 
@@ -24,7 +24,7 @@ class JsonLinesSink:
         self._lock = threading.Lock()
         self.count = 0
 
-    def emit(self, event: EmotionEvent) -> None:
+    def emit(self, event: AnyEvent) -> None:
         line = event.model_dump_json(exclude_none=True)
         with self._lock:
             self._stream.write(line + "\n")
@@ -42,7 +42,7 @@ class TeeSink:
     def __init__(self, sinks: Sequence[EventSink]) -> None:
         self.sinks = list(sinks)
 
-    def emit(self, event: EmotionEvent) -> None:
+    def emit(self, event: AnyEvent) -> None:
         for sink in self.sinks:
             sink.emit(event)
 

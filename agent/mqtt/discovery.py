@@ -5,7 +5,9 @@ under ``<mqtt.discovery.prefix>/sensor/<node>/<sensor>/config``, where ``<node>`
 the device id with anything but letters, digits, ``_`` and ``-`` replaced by ``_``.
 Each device then appears in Home Assistant with sensors for its current emotion
 (from the events), its processing rate and its outbox depth (from the telemetry),
-available while its status is "online". A broker ACL can confine a device's
+and, with ``pipeline.secondary.enabled``, ``fine_emotion``: the strongest of the 40
+fine emotions of the latest ``fine_emotions`` event; available while its status is
+"online". A broker ACL can confine a device's
 discovery publishes with ``pattern write homeassistant/sensor/%u/#``. Devices of
 different fleets that share one Home Assistant need distinct ids.
 """
@@ -18,22 +20,30 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.mqtt.publisher import Publisher
 
+# Events of both kinds share the events topic: each event sensor takes the kind it
+# shows and keeps its state (``this.state``) on the other.
+KEEP = " else this.state }}"
+EMOTION = "{{ value_json.event.label if value_json.event.type != 'fine_emotions'" + KEEP
+FINE_EMOTION = "{{ value_json.event.top[0].label if value_json.event.type == 'fine_emotions'" + KEEP
+
 SENSORS = (
-    # name, leaf topic, value path, extra settings
-    ("emotion", "events", "event.label", {"icon": "mdi:emoticon-outline"}),
+    # name, leaf topic, value template, extra settings
+    ("emotion", "events", EMOTION, {"icon": "mdi:emoticon-outline"}),
     (
         "fps",
         "telemetry",
-        "pipeline.fps",
+        "{{ value_json.pipeline.fps }}",
         {"unit_of_measurement": "fps", "state_class": "measurement", "icon": "mdi:speedometer"},
     ),
     (
         "outbox",
         "telemetry",
-        "outbox.depth",
+        "{{ value_json.outbox.depth }}",
         {"unit_of_measurement": "messages", "state_class": "measurement", "icon": "mdi:tray-full"},
     ),
 )
+# with pipeline.secondary.enabled: the top one of the fine_emotions events
+FINE_SENSOR = ("fine_emotion", "events", FINE_EMOTION, {"icon": "mdi:emoticon-happy-outline"})
 
 
 AVAILABILITY = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
@@ -59,13 +69,16 @@ def discovery_messages(config: AgentConfig, version: str = __version__) -> List[
     if device.site:
         ha_device["suggested_area"] = device.site
     out = []
-    for name, leaf, path, extra in SENSORS:
+    sensors = list(SENSORS)
+    if config.pipeline.secondary.enabled:
+        sensors.append(FINE_SENSOR)
+    for name, leaf, template, extra in sensors:
         payload = {
             "name": name,
             "unique_id": f"{ident}_{name}",
             "object_id": f"{node}_{name}",
             "state_topic": f"{base}/{leaf}",
-            "value_template": "{{ value_json." + path + " }}",
+            "value_template": template,
             "availability_topic": f"{base}/status",
             "availability_template": AVAILABILITY,
             "payload_available": "online",

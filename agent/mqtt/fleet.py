@@ -29,6 +29,7 @@ class DeviceRow:
     status: str = "?"
     fps: Optional[float] = None
     emotion: Optional[str] = None
+    fine: Optional[str] = None  # top fine emotion and its intensity (secondary stage)
     outbox: Optional[int] = None
     last_seen: Optional[float] = None  # monotonic
     events: int = 0
@@ -50,6 +51,16 @@ class DeviceRow:
         if len(self._seen) > 100_000:
             self._seen = set(sorted(self._seen)[-50_000:])
         self.last_seq = max(seq, self.last_seq or 0)
+
+
+def _top_fine(event: Dict[str, Any]) -> Optional[str]:
+    top = event.get("top")
+    if not isinstance(top, list) or not top or not isinstance(top[0], dict):
+        return None
+    label, value = top[0].get("label"), top[0].get("intensity")
+    if not isinstance(label, str):
+        return None
+    return f"{label} {value:+.2f}" if isinstance(value, (int, float)) else label
 
 
 class FleetView:
@@ -84,7 +95,9 @@ class FleetView:
                 row.outbox = outbox.get("depth", pipeline.get("outbox_depth"))
             elif leaf == "events":
                 event = payload.get("event") or {}
-                if event.get("label"):
+                if event.get("type") == "fine_emotions":
+                    row.fine = _top_fine(event)
+                elif event.get("label"):
                     row.emotion = str(event["label"])
                 if isinstance(payload.get("seq"), int):
                     row.event(payload["seq"])
@@ -95,8 +108,8 @@ class FleetView:
 
     def render(self) -> str:
         now = self._monotonic()
-        head = ["FLEET", "DEVICE", "STATUS", "FPS", "EMOTION", "OUTBOX", "LAST SEEN", "EVENTS",
-                "MISSING", "DUP"]  # fmt: skip
+        head = ["FLEET", "DEVICE", "STATUS", "FPS", "EMOTION", "FINE", "OUTBOX", "LAST SEEN",
+                "EVENTS", "MISSING", "DUP"]  # fmt: skip
         lines = [head]
         for r in self.rows():
             seen = "-" if r.last_seen is None else f"{max(0.0, now - r.last_seen):.0f}s ago"
@@ -107,6 +120,7 @@ class FleetView:
                     r.status,
                     "-" if r.fps is None else f"{r.fps:.1f}",
                     r.emotion or "-",
+                    r.fine or "-",
                     "-" if r.outbox is None else str(r.outbox),
                     seen,
                     str(r.events),

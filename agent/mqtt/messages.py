@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.events.fine import AnyEvent, FineEmotionsEvent
 from agent.events.models import EmotionEvent
 from agent.telemetry.models import TelemetryMessage
 
@@ -54,6 +55,14 @@ class EventMessage(Envelope):
 
     seq: int = Field(ge=1, description="Per-device sequence number: +1 per event, persisted.")
     event: EmotionEvent
+
+
+class FineEmotionsMessage(Envelope):
+    """``<base>/events``, like :class:`EventMessage` and in the same ``seq`` sequence;
+    ``event.type`` is ``fine_emotions`` (docs/mqtt.md, docs/models.md)."""
+
+    seq: int = Field(ge=1, description="Per-device sequence number: +1 per event, persisted.")
+    event: FineEmotionsEvent
 
 
 class StatusMessage(Envelope):
@@ -155,9 +164,10 @@ class CommandResponse(Envelope):
     error: Optional[CommandError] = None
 
 
-def render_event(device_id: str, fleet: str, seq: int, at: datetime, event: EmotionEvent) -> bytes:
+def render_event(device_id: str, fleet: str, seq: int, at: datetime, event: AnyEvent) -> bytes:
     """The JSON payload of one event message (no re-validation of ``event``)."""
-    message = EventMessage.model_construct(
+    kind = FineEmotionsMessage if isinstance(event, FineEmotionsEvent) else EventMessage
+    message = kind.model_construct(
         schema_version=SCHEMA_VERSION,
         device_id=device_id,
         fleet=fleet,

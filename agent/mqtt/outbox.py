@@ -56,7 +56,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Deque, Dict, Iterable, List, Optional, Tuple, Union
 
-from agent.events.models import EmotionEvent
+from agent.events.fine import AnyEvent
 from agent.mqtt.ledger import FILENAME as LEDGER_FILENAME
 from agent.mqtt.ledger import Ledger
 from agent.mqtt.messages import render_event, utc_now
@@ -159,7 +159,7 @@ class _Item:
     kind: str
     created: float
     at: datetime
-    event: Optional[EmotionEvent] = None
+    event: Optional[AnyEvent] = None
     payload: Optional[bytes] = None
 
 
@@ -323,7 +323,7 @@ class Outbox:
 
     # -- producers (any thread) ---------------------------------------------------------
 
-    def put_event(self, event: EmotionEvent) -> None:
+    def put_event(self, event: AnyEvent) -> None:
         """Queue an event; it gets its seq when committed (within milliseconds)."""
         self._put(_Item(KIND_EVENT, self._wall(), self._utc(), event=event))
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from agent import __version__
 from agent.config import AgentConfig
-from agent.events.models import EmotionEvent
+from agent.events.fine import AnyEvent
 from agent.mqtt.client import ConnectionSettings, MqttConnection
 from agent.mqtt.messages import (
     ConnectionTelemetry,
@@ -152,7 +152,7 @@ class Publisher:
 
     # -- EventSink ---------------------------------------------------------------------
 
-    def emit(self, event: EmotionEvent) -> None:
+    def emit(self, event: AnyEvent) -> None:
         self.outbox.put_event(event)
 
     def flush(self, timeout: Optional[float] = None) -> bool:

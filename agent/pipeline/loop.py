@@ -21,12 +21,13 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from agent.capture.ring import Frame, FrameRing
+from agent.events.fine import FineEmotion, FineEmotionsEvent
 from agent.events.models import EmotionEvent
 from agent.events.sinks import EventSink
 from agent.perception.pipeline import Box, Perception
 from agent.pipeline.ahead import DetectAhead
 from agent.pipeline.metrics import PipelineMetrics
-from agent.pipeline.secondary import SecondaryWorker
+from agent.pipeline.secondary import SecondaryResult, SecondaryWorker, square_crop, top_k
 from agent.tracking.smoothing import EmotionSmoother
 from agent.tracking.tracker import IoUTracker, Track, TrackUpdate
 
@@ -198,20 +199,47 @@ class Loop:
                 track.last_summary = now
 
     def _secondary(self, image: np.ndarray, seen: List[Track], frame: Frame) -> None:
-        if self.secondary is None:
+        worker = self.secondary
+        if worker is None:
             return
-        for track_id, scores in self.secondary.results():
-            track = next((t for t in self.tracker.tracks if t.id == track_id), None)
-            if track is not None:
-                self._emit("secondary", track, frame.index, frame.captured_at, secondary=scores)
+        for result in worker.results():
+            self._emit_fine(worker, result)
         candidates = [t for t in seen if t.confirmed]
-        if candidates:
+        if candidates and worker.wants():
             # the track that waited longest since its last secondary run goes first
             track = min(candidates, key=lambda t: t.last_secondary)
-            x1, y1, x2, y2 = (int(max(0, v)) for v in track.bbox)
-            crop = image[y1:y2, x1:x2]
-            if crop.size and self.secondary.offer(track.id, crop):
+            made = square_crop(image, track.bbox, worker.settings.margin)
+            if made is None:
+                return
+            crop, square = made
+            if worker.offer(track.id, crop, frame.captured_at, frame.index, square):
                 track.last_secondary = self._clock()
+
+    def _emit_fine(self, worker: SecondaryWorker, result: SecondaryResult) -> None:
+        """A secondary result as a ``fine_emotions`` event (the track may have ended:
+        the result is still about that face at that time)."""
+        settings = worker.settings
+        latency_ms = max(0.0, (self._clock() - result.captured_at) * 1000.0)
+        event = FineEmotionsEvent(
+            track_id=result.track_id,
+            timestamp=self._timestamp(result.captured_at),
+            frame_index=result.frame_index,
+            model=worker.name,
+            top=[
+                FineEmotion(label=label, intensity=round(float(v), 4))
+                for label, v in top_k(result.scores, settings.top_k)
+            ],
+            scores=(
+                {k: round(float(v), 4) for k, v in result.scores.items()}
+                if settings.publish_all
+                else None
+            ),
+            bbox=[round(float(v), 1) for v in result.bbox],
+            inference_ms=round(result.inference_ms, 2),
+            latency_ms=round(latency_ms, 2),
+        )
+        self.sink.emit(event)
+        self.metrics.events += 1
 
     def idle(self) -> None:
         """No frame came: still end tracks that timed out."""

@@ -48,6 +48,25 @@ class ModelTelemetry(Wire):
     )
 
 
+class SecondaryTelemetry(Wire):
+    """The reduced-rate secondary stage (pipeline.secondary; docs/models.md)."""
+
+    model: str = Field(description="Model name from the manifest.")
+    state: Literal["loading", "ready", "failed", "stopped"] = Field(
+        description="loading (its engine is being prepared; the loop runs meanwhile), ready, "
+        "failed (see error; the loop runs without it), stopped."
+    )
+    rate_hz: float = Field(gt=0, description="Configured maximum runs per second.")
+    runs: int = Field(ge=0, description="Crops processed since the start.")
+    runs_per_s: Optional[float] = Field(None, ge=0, description="Over the last runs.")
+    refused: int = Field(ge=0, description="Crops offered while busy or too soon (rate limit).")
+    not_ready: int = Field(ge=0, description="Crops offered before the model was ready.")
+    errors: int = Field(ge=0, description="Runs that raised.")
+    latency_ms_p50: Optional[float] = Field(None, ge=0, description="Model time per crop.")
+    latency_ms_p95: Optional[float] = Field(None, ge=0)
+    error: Optional[str] = Field(None, description="Why the model is not available (failed).")
+
+
 class PipelineTelemetry(Wire):
     """Counters and rates of the real-time loop (absent while no loop runs)."""
 
@@ -70,6 +89,9 @@ class PipelineTelemetry(Wire):
         default_factory=list,
         description="Models whose TensorRT engine failed to build or load although TensorRT "
         "is installed; they run on ONNX Runtime on the CPU instead. Empty when all is well.",
+    )
+    secondary: Optional[SecondaryTelemetry] = Field(
+        None, description="The secondary stage, when pipeline.secondary.enabled."
     )
 
 

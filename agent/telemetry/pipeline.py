@@ -9,7 +9,12 @@ The same snapshot gives systemd's one-line ``STATUS=`` (:func:`status_line`).
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
-from agent.telemetry.models import ModelTelemetry, PipelineTelemetry, StageTelemetry
+from agent.telemetry.models import (
+    ModelTelemetry,
+    PipelineTelemetry,
+    SecondaryTelemetry,
+    StageTelemetry,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,21 @@ class ModelSnapshot:
 
 
 @dataclass(frozen=True)
+class SecondarySnapshot:
+    model: str
+    state: str
+    rate_hz: float
+    runs: int = 0
+    runs_per_s: Optional[float] = None
+    refused: int = 0
+    not_ready: int = 0
+    errors: int = 0
+    latency_ms_p50: Optional[float] = None
+    latency_ms_p95: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class PipelineSnapshot:
     fps: Optional[float] = None
     latency_ms_p50: Optional[float] = None
@@ -45,6 +65,7 @@ class PipelineSnapshot:
     outbox_depth: int = 0
     models: Sequence[ModelSnapshot] = field(default_factory=tuple)
     tensorrt_failed: Sequence[str] = field(default_factory=tuple)
+    secondary: Optional[SecondarySnapshot] = None
 
 
 class PipelineSnapshotProvider(Protocol):
@@ -84,6 +105,25 @@ def to_wire(snapshot: PipelineSnapshot) -> PipelineTelemetry:
             for m in snapshot.models
         ],
         tensorrt_failed=list(snapshot.tensorrt_failed),
+        secondary=_secondary(snapshot.secondary),
+    )
+
+
+def _secondary(snap: Optional[SecondarySnapshot]) -> Optional[SecondaryTelemetry]:
+    if snap is None:
+        return None
+    return SecondaryTelemetry(
+        model=snap.model,
+        state=snap.state,  # type: ignore[arg-type]
+        rate_hz=snap.rate_hz,
+        runs=snap.runs,
+        runs_per_s=_round(snap.runs_per_s),
+        refused=snap.refused,
+        not_ready=snap.not_ready,
+        errors=snap.errors,
+        latency_ms_p50=_round(snap.latency_ms_p50),
+        latency_ms_p95=_round(snap.latency_ms_p95),
+        error=snap.error,
     )
 
 
@@ -111,4 +151,7 @@ def status_line(snapshot: Optional[PipelineSnapshot]) -> str:
         text += ", " + "+".join(backends)
     if snapshot.tensorrt_failed:
         text += f", TensorRT FAILED for {len(snapshot.tensorrt_failed)} model(s)"
+    secondary = snapshot.secondary
+    if secondary is not None and secondary.state != "ready":
+        text += f", secondary {secondary.state}"
     return text

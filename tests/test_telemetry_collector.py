@@ -289,7 +289,10 @@ def test_the_daemon_reports_the_runtime_s_tensorrt_failures():
     daemon = Daemon(AgentConfig(), Sink(), environ={})
     snap = MetricsSnapshot(3, 3, 0, 1, 1.0, 0, 15.0, {"p50": 9.0, "p95": 12.0}, {})
     daemon.runtime = SimpleNamespace(
-        snapshot=lambda: snap, backend="onnxruntime", tensorrt_failed=["emotionnet"]
+        snapshot=lambda: snap,
+        backend="onnxruntime",
+        tensorrt_failed=["emotionnet"],
+        secondary=None,
     )
     telemetry = daemon.telemetry_snapshot()
     assert list(telemetry.tensorrt_failed) == ["emotionnet"]

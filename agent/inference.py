@@ -33,9 +33,13 @@ def engine_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-def selected_models(config: AgentConfig) -> List[str]:
-    """The models the daemon runs with this configuration."""
-    names = [config.models.detector, config.models.landmarks, config.models.emotion]
+def selected_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
+    """The models the daemon runs with this configuration (with ``manifest``: a fused
+    ``models.emotion`` as its member models)."""
+    emotion = [config.models.emotion]
+    if manifest is not None:
+        emotion = manifest.members(config.models.emotion)
+    names = [config.models.detector, config.models.landmarks, *emotion]
     if config.pipeline.secondary.enabled:
         names.append(config.pipeline.secondary.model)
     return list(dict.fromkeys(names))
@@ -89,7 +93,7 @@ def prepare_runners(
     on_building: Optional[OnBuilding] = None,
 ) -> Dict[str, EngineRunner]:
     """One runner per configured model (raises engines.prepare.EnginePreparationError)."""
-    names = selected_models(config)
+    names = selected_models(config, manifest)
     backends = prepare_engines(
         manifest, names, engine_settings(config), reporter=reporter, on_building=on_building
     )

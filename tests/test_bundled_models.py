@@ -36,6 +36,8 @@ CONTRACT = {
     "tiny_face_detector.onnx": ("image", (416, 416, 3), "grid", (13, 13, 25)),
     "face_landmark_68.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
     "face_landmark_68_tiny.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
+    # face-api.js FaceExpressionNet: the landmark net's crop -> softmax over 7 expressions
+    "face_expression.onnx": ("image", (112, 112, 3), "probs", (7,)),
     # ours (tools/emotionnet): normalised landmarks -> softmax over 3 classes
     "emotionnet.onnx": ("landmarks", (136,), "probs", (3,)),
     # MediaPipe BlazeFace (tools/blazeface/port.py): raw regressors [N, anchors * 16] ...

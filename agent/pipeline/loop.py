@@ -82,7 +82,7 @@ class Loop:
             type=kind,  # type: ignore[arg-type]
             track_id=track.id,
             timestamp=self._timestamp(captured_at),
-            label=track.label,
+            label=self.smoother.label(track),  # the argmax of the scores beside it
             confidence=self.smoother.confidence(track),
             scores=self.smoother.scores(track),
             bbox=[round(float(v), 1) for v in track.bbox],

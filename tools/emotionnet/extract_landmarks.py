@@ -139,12 +139,13 @@ def detect(img: np.ndarray) -> Optional[Tuple[int, Tuple[float, float, float, fl
     return None
 
 
-def landmarks(
+def crop_inputs(
     imgs: Sequence[np.ndarray], boxes: Sequence[Tuple[float, float, float, float]]
-) -> np.ndarray:
-    """[n, 68, 2] landmarks in image pixels; each crop taken from the image's 2x canvas
-    (3x where the box needs it), exactly as the runtime crops a frame."""
-    lm = _session(LANDMARKS)
+) -> Tuple[np.ndarray, List[Tuple[float, float, int, int]]]:
+    """The landmark net's 112x112 inputs [n, 112, 112, 3] (BGR 0..255) for these face
+    boxes, and each crop (x, y, w, h) in image pixels: each crop taken from the image's
+    2x canvas (3x where the box needs it), exactly as the runtime crops a frame. The
+    image expression net takes the same inputs."""
     batch = np.empty((len(imgs), 112, 112, 3), dtype=np.float32)
     crops = []
     for j, (img, box) in enumerate(zip(imgs, boxes)):
@@ -158,7 +159,15 @@ def landmarks(
         cx, cy, cw_, ch_ = face_crop_box((bx + x0, by + y0, bw, bh), cw, ch)
         batch[j] = landmark_input(can[cy : cy + ch_, cx : cx + cw_])
         crops.append((cx - x0, cy - y0, cw_, ch_))
-    (out,) = lm.run(["landmarks"], {"image": batch})
+    return batch, crops
+
+
+def landmarks(
+    imgs: Sequence[np.ndarray], boxes: Sequence[Tuple[float, float, float, float]]
+) -> np.ndarray:
+    """[n, 68, 2] landmarks in image pixels (see :func:`crop_inputs` for the crops)."""
+    batch, crops = crop_inputs(imgs, boxes)
+    (out,) = _session(LANDMARKS).run(["landmarks"], {"image": batch})
     pts = np.empty((len(imgs), 68, 2), dtype=np.float64)
     for j, (ox, oy, cw_, ch_) in enumerate(crops):
         pts[j] = landmarks_to_crop_pixels(out[j], cw_, ch_) + np.array([ox, oy], dtype=np.float64)

@@ -134,17 +134,26 @@ def fuse(probs: Sequence[np.ndarray], weights: Sequence[float], bias) -> np.ndar
 
 
 def fit_fusion(
-    probs: Sequence[np.ndarray], y: np.ndarray, steps: int = 3000, lr: float = 0.05
+    probs: Sequence[np.ndarray],
+    y: np.ndarray,
+    steps: int = 3000,
+    lr: float = 0.05,
+    balanced: bool = False,
 ) -> Tuple[List[float], List[float]]:
     """Weights (one per member) and a per-class bias minimising the mean log loss of
-    the fused probabilities on (probs, y): plain gradient descent, deterministic."""
+    the fused probabilities on (probs, y) (``balanced``: each class weighing the same):
+    plain gradient descent, deterministic. On FER+ PublicTest the plain loss gave the
+    higher macro-F1 (0.604 against 0.586 balanced), so it is the default."""
     logs = [np.log(np.maximum(p, FLOOR)) for p in probs]
+    k = probs[0].shape[1]
     w = np.ones(len(probs))
-    b = np.zeros(probs[0].shape[1])
-    onehot = np.eye(probs[0].shape[1])[y]
+    b = np.zeros(k)
+    onehot = np.eye(k)[y]
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    sw = (len(y) / (k * np.maximum(counts, 1.0)))[y][:, None] if balanced else 1.0
     for _ in range(steps):
         q = fuse(probs, w, b)
-        g = (q - onehot) / len(y)  # d loss / d logits
+        g = sw * (q - onehot) / len(y)  # d loss / d logits
         w -= lr * np.array([(g * lg).sum() for lg in logs]) * 10
         b -= lr * g.sum(axis=0) * 10
     return [round(float(v), 4) for v in w], [round(float(v), 4) for v in b - b.mean()]

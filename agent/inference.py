@@ -34,17 +34,22 @@ def engine_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-def main_models(config: AgentConfig) -> List[str]:
-    """The models of the real-time loop (prepared before it starts)."""
-    names = [config.models.detector, config.models.landmarks, config.models.emotion]
+def main_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
+    """The models of the real-time loop (prepared before it starts); with ``manifest``,
+    a fused ``models.emotion`` as its member models."""
+    emotion = [config.models.emotion]
+    if manifest is not None:
+        emotion = manifest.members(config.models.emotion)
+    names = [config.models.detector, config.models.landmarks, *emotion]
     return list(dict.fromkeys(names))
 
 
-def selected_models(config: AgentConfig) -> List[str]:
+def selected_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
     """The models the daemon runs with this configuration that ``models.manifest`` lists:
-    the loop's, and the secondary model unless it has a manifest of its own
+    the loop's (with ``manifest``: a fused ``models.emotion`` as its member models), and
+    the secondary model unless it has a manifest of its own
     (``pipeline.secondary.manifest``, see :func:`secondary_settings`)."""
-    names = main_models(config)
+    names = main_models(config, manifest)
     secondary = config.pipeline.secondary
     if secondary.enabled and secondary.manifest is None:
         names.append(secondary.model)
@@ -111,7 +116,7 @@ def prepare_runners(
 ) -> Dict[str, EngineRunner]:
     """One runner per model of the loop (raises engines.prepare.EnginePreparationError);
     the secondary model is prepared by its worker (agent.runtime.secondary_loader)."""
-    names = main_models(config)
+    names = main_models(config, manifest)
     backends = prepare_engines(
         manifest, names, engine_settings(config), reporter=reporter, on_building=on_building
     )

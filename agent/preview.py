@@ -31,16 +31,20 @@ def source_fps(uri: str, configured: float) -> float:
 
 
 def track_annotations(tracks: List[Track], labels: Sequence[str]) -> List[Annotation]:
+    """What the preview draws per track: as in its events, the label is the argmax of
+    the smoothed scores (the first of equal maxima) and the confidence its score."""
     out = []
     for track in tracks:
-        confidence = None
-        if track.label is not None and track.probs is not None and track.label in labels:
-            confidence = float(track.probs[list(labels).index(track.label)])
+        label, confidence = track.label, None
+        probs = track.probs
+        if probs is not None and len(probs) == len(labels) and len(labels) > 0:
+            best = max(range(len(probs)), key=probs.__getitem__)
+            label, confidence = labels[best], float(probs[best])
         out.append(
             Annotation(
                 bbox=track.bbox,
                 name=f"#{track.id}",
-                label=track.label,
+                label=label,
                 confidence=confidence,
                 detector=float(track.score),
                 landmarks=track.landmarks,

@@ -174,6 +174,9 @@ def build_runtime(
         config.models.landmarks: "landmarks",
         config.models.emotion: "emotion",
     }
+    members = manifest.members(config.models.emotion)
+    if len(members) > 1:  # a fusion: each member's time under its own role
+        roles.update({name: f"emotion:{name}" for name in members})
 
     def record(name: str) -> Callable[[float, float], None]:
         role = roles.get(name, name)
@@ -198,7 +201,7 @@ def build_runtime(
             return timed(base(model), record(model.name))
 
     perception = build_perception(config, make, manifest)
-    labels = manifest.resolve(config.models.emotion).entry.labels or []
+    labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
 
     p = config.pipeline
     secondary = None

@@ -275,8 +275,8 @@ class ModelEntry(_Strict):
             raise ValueError(f"a {self.task} model needs image preprocessing")
         if isinstance(self.postprocessing, BlazeFaceDecoding):
             self._check_blazeface(self.postprocessing)
-        if self.task == "emotion" and not isinstance(self.preprocessing, LandmarksInput):
-            raise ValueError("an emotion model needs landmarks68 preprocessing")
+        # an emotion model reads the landmarks (EmotionNet) or the face crop (an image
+        # expression net such as face-api.js's)
         if self.task == "emotion" and not self.labels:
             raise ValueError("an emotion model needs labels")
         if self.labels and self.outputs[0].shape[-1] != len(self.labels):
@@ -312,9 +312,54 @@ class ModelEntry(_Strict):
                 )
 
 
+class EmotionFusion(_Strict):
+    """Several emotion models as one classifier: log-linear fusion of their probabilities.
+
+    ``p(c) ~ exp(sum_m weights[m] * log p_m(c) + bias[c])``, renormalised; member
+    probabilities are matched by label name (every member has exactly ``labels``, in any
+    order) and floored at 1e-6 before the log. Weights and bias are fitted on validation
+    data (tools/emotionnet/compare.py) and named with the models they were fitted for.
+    """
+
+    members: List[str] = Field(min_length=2, description="Emotion models, by manifest name.")
+    weights: List[float] = Field(min_length=2, description="One weight per member.")
+    bias: Optional[List[float]] = Field(None, description="One log-space offset per label.")
+    labels: List[str] = Field(min_length=2, description="The output vocabulary, in order.")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "EmotionFusion":
+        if len(self.weights) != len(self.members):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        if self.bias is not None and len(self.bias) != len(self.labels):
+            raise ValueError(f"{len(self.bias)} bias values for {len(self.labels)} labels")
+        if len(set(self.members)) != len(self.members) or len(set(self.labels)) != len(self.labels):
+            raise ValueError("members and labels must be unique")
+        return self
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     models: Dict[str, ModelEntry]
+    fusions: Dict[str, EmotionFusion] = Field(
+        default_factory=dict, description="Emotion classifiers made of several emotion models."
+    )
+
+    @model_validator(mode="after")
+    def _fusions(self) -> "Manifest":
+        for name, fusion in self.fusions.items():
+            if name in self.models:
+                raise ValueError(f"fusion {name!r} has the name of a model")
+            for member in fusion.members:
+                entry = self.models.get(member)
+                if entry is None or entry.task != "emotion":
+                    raise ValueError(f"fusion {name!r}: {member!r} is not an emotion model")
+                if sorted(entry.labels or []) != sorted(fusion.labels):
+                    raise ValueError(
+                        f"fusion {name!r}: {member!r} has labels {entry.labels}, "
+                        f"not {fusion.labels}"
+                    )
+        return self
 
 
 class ManifestError(Exception):
@@ -348,10 +393,31 @@ class LoadedManifest:
     def names(self) -> List[str]:
         return list(self.manifest.models)
 
+    def fusion(self, name: str) -> Optional[EmotionFusion]:
+        return self.manifest.fusions.get(name)
+
+    def members(self, name: str) -> List[str]:
+        """The models behind ``name``: a fusion's members, else ``[name]``."""
+        fusion = self.manifest.fusions.get(name)
+        return list(fusion.members) if fusion is not None else [name]
+
+    def emotion_labels(self, name: str) -> List[str]:
+        """The label vocabulary of the emotion classifier ``name`` (model or fusion)."""
+        fusion = self.manifest.fusions.get(name)
+        if fusion is not None:
+            return list(fusion.labels)
+        return list(self.resolve(name, "emotion").entry.labels or [])
+
     def resolve(self, name: str, task: Optional[Task] = None) -> ResolvedModel:
         entry = self.manifest.models.get(name)
+        if entry is None and name in self.manifest.fusions:
+            members = ", ".join(self.manifest.fusions[name].members)
+            raise ManifestError(
+                f"{self.path}: {name!r} is a fusion of {members}, not one model file"
+            )
         if entry is None:
-            known = ", ".join(sorted(self.manifest.models)) or "none"
+            known = ", ".join(sorted(self.manifest.models) + sorted(self.manifest.fusions))
+            known = known or "none"
             raise ManifestError(f"{self.path}: no model named {name!r} (known: {known})")
         if task is not None and entry.task != task:
             raise ManifestError(

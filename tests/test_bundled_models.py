@@ -36,8 +36,10 @@ CONTRACT = {
     "tiny_face_detector.onnx": ("image", (416, 416, 3), "grid", (13, 13, 25)),
     "face_landmark_68.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
     "face_landmark_68_tiny.onnx": ("image", (112, 112, 3), "landmarks", (136,)),
-    # ours (tools/emotionnet): normalised landmarks -> softmax over 3 classes
-    "emotionnet.onnx": ("landmarks", (136,), "probs", (3,)),
+    # face-api.js FaceExpressionNet: the landmark net's crop -> softmax over 7 expressions
+    "face_expression.onnx": ("image", (112, 112, 3), "probs", (7,)),
+    # ours (tools/emotionnet): normalised landmarks, NVIDIA's [N, 1, 136, 1] -> 7 classes
+    "emotionnet.onnx": ("input_landmarks", (1, 136, 1), "probs", (7,)),
     # MediaPipe BlazeFace (tools/blazeface/port.py): raw regressors [N, anchors * 16] ...
     "blazeface_back.onnx": ("image", (256, 256, 3), "regressors", (896 * 16,)),
     "blazeface_full.onnx": ("image", (192, 192, 3), "regressors", (2304 * 16,)),

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from engines.landmarks import normalize
-from tools.emotionnet import dataset, export
+from tools.emotionnet import dataset, export, ferplus
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MODEL = os.path.join(REPO_ROOT, "engines", "models", "emotionnet.onnx")
@@ -82,7 +82,8 @@ def _labels():
 
 
 def _run(session, points):
-    (probs,) = session.run(["probs"], {"landmarks": normalize(points, NORMALIZATION)})
+    x = normalize(points, NORMALIZATION)[:, None, :, None]  # NVIDIA's [N, 1, 136, 1]
+    (probs,) = session.run(["probs"], {"input_landmarks": x})
     return probs
 
 
@@ -93,17 +94,22 @@ def test_graph_contract():
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 13)]
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Gemm") == 5 and ops.count("Relu") == 4 and ops[-1] == "Softmax"
-    assert set(ops) == {"Gemm", "Relu", "Softmax"}
+    assert ops[0] == "Flatten" and set(ops) == {"Flatten", "Gemm", "Relu", "Softmax"}
     softmax = model.graph.node[-1]
     assert [(a.name, a.i) for a in softmax.attribute] == [("axis", 1)]
     labels, meta = _labels()
     (inp,), (out,) = model.graph.input, model.graph.output
     dims = lambda vi: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]  # noqa: E731
-    assert (inp.name, dims(inp)) == ("landmarks", ["N", 136])
+    # NVIDIA TAO EmotionNet's input contract, so that either drops in through the manifest
+    assert (inp.name, dims(inp)) == ("input_landmarks", ["N", 1, 136, 1])
     assert (out.name, dims(out)) == ("probs", ["N", len(labels)])
     assert meta["normalization"] == NORMALIZATION and meta["order"] == "xyxy"
-    assert labels[:3] == ["neutral", "happiness", "surprise"]
+    assert labels == list(ferplus.CLASSES7)  # the seven basic expressions
     assert len(labels) == len(set(labels)) and set(labels) <= set(dataset.LABELS)
+    # the manifest lists the same vocabulary in the same order
+    from engines.manifest import load_manifest
+
+    assert load_manifest().resolve("emotionnet").entry.labels == labels
 
 
 def test_batch_1_and_8_give_probabilities(session):
@@ -277,5 +283,59 @@ def test_export_folds_batch_norm_exactly_and_is_deterministic():
     ref = np.exp(h - h.max(axis=1, keepdims=True))
     ref /= ref.sum(axis=1, keepdims=True)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    (got,) = sess.run(["probs"], {"landmarks": x.astype(np.float32)})
+    (got,) = sess.run(["probs"], {"input_landmarks": x.astype(np.float32)[:, None, :, None]})
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_ferplus_targets_rows_and_labels(tmp_path):
+    csv_text = (
+        "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+        "unknown,NF\n"
+        "Training,a.png,4,0,0,1,3,2,0,0,0,0\n"  # usable, neutral
+        "Training,b.png,0,0,0,0,0,0,0,0,0,10\n"  # not a face: dropped
+        "PublicTest,c.png,2,0,0,0,0,0,0,2,6,0\n"  # mostly unknown: dropped
+        "PrivateTest,d.png,0,5,5,0,0,0,0,0,0,0\n"  # a tie: usable, no hard label
+        "Training,e.png,0,0,0,0,0,0,0,9,1,0\n"  # contempt only: dropped
+        ",f.png,9,0,0,0,0,0,0,0,0,1\n"  # Excluded (empty usage here)
+        "PrivateTest,g.png,1,0,0,0,0,0,6,3,0,0\n"  # fear; contempt votes dropped
+    )
+    path = tmp_path / "fer2013new.csv"
+    path.write_text(csv_text, encoding="utf-8")
+    votes, usage = ferplus.read_votes(str(path))
+    assert votes.shape == (7, 10) and usage[3] == "PrivateTest"
+    assert ferplus.usable_rows(votes, usage).tolist() == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
+    t = ferplus.soft_targets(votes)
+    np.testing.assert_allclose(t[0], [0.4, 0, 0, 0.1, 0.3, 0.2, 0])
+    np.testing.assert_allclose(t[6], [1 / 7, 0, 0, 0, 0, 0, 6 / 7])  # contempt dropped
+    np.testing.assert_allclose(t.sum(axis=1)[[0, 3, 6]], 1.0)
+    fear = ferplus.CLASSES7.index("fear")
+    assert ferplus.hard_labels(votes)[[0, 3, 6]].tolist() == [0, -1, fear]
+
+
+def test_training_class_weights_and_augmentation():
+    from tools.emotionnet import train
+
+    targets = np.array([[1.0, 0, 0]] * 8 + [[0, 1.0, 0]] * 2 + [[0, 0.5, 0.5]])
+    cw = train.class_weights(targets, power=1.0)
+    assert (targets @ cw).mean() == pytest.approx(1.0)
+    assert cw[2] > cw[1] > cw[0]  # the rarer the class, the heavier
+    np.testing.assert_allclose(train.class_weights(targets, power=0.0), 1.0)
+    # augmentation: normalised output; the mirror swaps the sides of a lopsided face
+    base = template_face(mouth_open=0.2)
+    lopsided = base.copy()
+    lopsided[48, 1] -= 8
+    rng = np.random.default_rng(0)
+    out = train.augment(np.repeat(lopsided[None], 64, axis=0), rng).reshape(64, 68, 2)
+    np.testing.assert_allclose(out.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.sqrt((out**2).sum(axis=2).mean(axis=1)), 1.0, atol=1e-5)
+    # which corner is raised (relative to the other): both occur, about half each
+    raised_right = (out[:, 48, 1] < out[:, 54, 1]).mean()
+    assert 0.25 < raised_right < 0.75

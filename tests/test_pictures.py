@@ -248,3 +248,21 @@ def test_the_analyze_table_names_its_figures_as_the_labels_do(manifest, tmp_path
     for line in faces:
         assert re.fullmatch(r"  #\d box \d+,\d+-\d+,\d+ face \d+%: \S+ \d+% \(then .+\)", line)
     assert f"drawn to {tmp_path / 'faceapi-sample5.jpg'}" in res.err
+
+
+def test_the_preview_labels_a_track_as_its_events_do() -> None:
+    """The preview's label is the argmax of the smoothed scores, as the event's is,
+    even while the hysteresis still holds the last reported label."""
+
+    from agent.preview import track_annotations
+    from agent.tracking.smoothing import EmotionSmoother
+    from agent.tracking.tracker import Track
+
+    labels = ["neutral", "happiness", "surprise"]
+    track = Track(id=1, bbox=(0.0, 0.0, 10.0, 10.0), score=0.9, first_seen=0.0, last_seen=0.0)
+    track.label = "neutral"  # last reported; happiness leads by less than the margin
+    track.probs = [0.42, 0.48, 0.10]
+    smoother = EmotionSmoother(labels, alpha=0.5, min_confidence=0.4, margin=0.1)
+    (a,) = track_annotations([track], labels)
+    assert a.label == smoother.label(track) == "happiness"
+    assert a.confidence == smoother.confidence(track) == 0.48

@@ -119,7 +119,7 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
     elif args.all:
         names = manifest.names
     else:
-        names = selected_models(config)
+        names = selected_models(config, manifest)
     reporter = default_reporter(ctx.stderr, ctx.logger)
     try:
         backends = prepare_engines(

@@ -201,8 +201,9 @@ def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
     from agent.perception.factory import manifest_for
     from engines.prepare import prepare_engines
 
+    manifest = manifest_for(config)
     backends = prepare_engines(
-        manifest_for(config), selected_models(config), engine_settings(config), force=True
+        manifest, selected_models(config, manifest), engine_settings(config), force=True
     )
     try:
         return {name: backend.info.kind for name, backend in backends.items()}

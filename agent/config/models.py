@@ -173,7 +173,13 @@ class ModelsConfig(Section):
         "replaced by its model name.",
     )
     landmarks: str = Field("face_landmark_68", description="68-point landmark net, by name.")
-    emotion: str = Field("emotionnet", description="Emotion classifier, by manifest name.")
+    emotion: str = Field(
+        "emotionnet",
+        min_length=1,
+        description="Emotion classifier, by manifest name: emotionnet (from the 68 "
+        "landmarks), face_expression (face-api.js's net on the face crop) or fused (both, "
+        "log-linear fusion); its labels are the events' vocabulary.",
+    )
     backend: Literal["auto", "tensorrt", "onnxruntime"] = Field(
         "auto",
         description="auto: TensorRT where it imports and a GPU is present, else ONNX Runtime.",

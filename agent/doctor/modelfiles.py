@@ -31,7 +31,12 @@ def check_models(models: ModelsConfig, pipeline: PipelineConfig) -> CheckResult:
     except ManifestError as exc:
         return fail(name, str(exc), "point models.manifest at a valid manifest (docs/models.md)")
     problems, verified = [], []
+    wanted = []
     for model, task in configured_models(models, pipeline):
+        # a fused models.emotion: check each member model
+        names = manifest.members(model) if task == "emotion" else [model]
+        wanted.extend((n, task) for n in names)
+    for model, task in wanted:
         try:
             manifest.verified(model, task)  # type: ignore[arg-type]
         except (ManifestError, ModelIntegrityError) as exc:

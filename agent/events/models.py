@@ -25,10 +25,19 @@ class EmotionEvent(BaseModel):
     type: EventType
     track_id: int = Field(ge=0, description="Per-process track id, increasing from 1.")
     timestamp: datetime = Field(description="UTC time of the frame that produced the event.")
-    label: Optional[str] = Field(None, description="Smoothed emotion label of the track.")
+    label: Optional[str] = Field(
+        None,
+        description="The track's emotion: the argmax of scores (one of the emotion model's "
+        "labels, from the model manifest).",
+    )
     confidence: Optional[float] = Field(None, ge=0, le=1, description="Its smoothed probability.")
-    scores: Dict[str, float] = Field(default_factory=dict, description="Smoothed probabilities.")
-    previous_label: Optional[str] = Field(None, description="update: the label before.")
+    scores: Dict[str, float] = Field(
+        default_factory=dict,
+        description="Smoothed (EMA) probability of every label of the emotion model.",
+    )
+    previous_label: Optional[str] = Field(
+        None, description="update: the label of the track's previous new or update event."
+    )
     bbox: Optional[List[float]] = Field(
         None, description="Last face box x1, y1, x2, y2 in frame pixels."
     )

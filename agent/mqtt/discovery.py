@@ -14,11 +14,12 @@ different fleets that share one Home Assistant need distinct ids.
 
 import json
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from agent import __version__
 from agent.config import AgentConfig
 from agent.mqtt.publisher import Publisher
+from engines.manifest import ManifestError, load_manifest
 
 # Events of both kinds share the events topic: each event sensor takes the kind it
 # shows and keeps its state (``this.state``) on the other.
@@ -53,8 +54,20 @@ def node_id(device_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", device_id)
 
 
-def discovery_messages(config: AgentConfig, version: str = __version__) -> List[Tuple[str, bytes]]:
-    """(topic, payload) of every discovery config of this device."""
+def emotion_labels(config: AgentConfig) -> Optional[List[str]]:
+    """The configured emotion classifier's labels (the manifest's), None if unreadable
+    (the pipeline reports that; discovery then announces a plain text sensor)."""
+    try:
+        return load_manifest(config.models.manifest).emotion_labels(config.models.emotion)
+    except ManifestError:
+        return None
+
+
+def discovery_messages(
+    config: AgentConfig, version: str = __version__, labels: Optional[Sequence[str]] = None
+) -> List[Tuple[str, bytes]]:
+    """(topic, payload) of every discovery config of this device. With ``labels`` (the
+    emotion vocabulary), the emotion sensor is an enum sensor with those options."""
     device = config.device
     base = f"{config.mqtt.topic_prefix}/{device.fleet}/{device.id}"
     node = node_id(device.id)
@@ -87,6 +100,8 @@ def discovery_messages(config: AgentConfig, version: str = __version__) -> List[
             "device": ha_device,
             **extra,
         }
+        if name == "emotion" and labels:
+            payload.update({"device_class": "enum", "options": list(labels)})
         topic = f"{config.mqtt.discovery.prefix}/sensor/{node}/{name}/config"
         out.append((topic, json.dumps(payload, separators=(",", ":")).encode("utf-8")))
     return out
@@ -96,7 +111,7 @@ class Discovery:
     """Publishes the discovery configs at every connect of ``publisher``."""
 
     def __init__(self, config: AgentConfig, publisher: Publisher) -> None:
-        self.messages = discovery_messages(config, publisher.version)
+        self.messages = discovery_messages(config, publisher.version, emotion_labels(config))
         self.publisher = publisher
 
     def install(self) -> None:

@@ -40,13 +40,20 @@ def build_perception(
     models = config.models
     detector = manifest.verified(models.detector, "face_detector")
     landmarks = manifest.verified(models.landmarks, "face_landmarks")
-    emotion = manifest.verified(models.emotion, "emotion") if with_emotion else None
+    # models.emotion: one emotion model, or a fusion of several (manifest ``fusions``)
+    emotion = (
+        [manifest.verified(name, "emotion") for name in manifest.members(models.emotion)]
+        if with_emotion
+        else []
+    )
     return Perception(
         make_runner(detector),
         detector.entry,
         make_runner(landmarks),
         landmarks.entry,
-        make_runner(emotion) if emotion is not None else None,
-        emotion.entry if emotion is not None else None,
+        make_runner(emotion[0]) if emotion else None,
+        emotion[0].entry if emotion else None,
         settings_from_config(config),
+        more_emotion=[(make_runner(m), m.entry) for m in emotion[1:]],
+        fusion=manifest.fusion(models.emotion),
     )

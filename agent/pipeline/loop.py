@@ -100,7 +100,7 @@ class Loop:
             type=kind,  # type: ignore[arg-type]
             track_id=track.id,
             timestamp=self._timestamp(captured_at),
-            label=track.label,
+            label=self.smoother.label(track),  # the argmax of the scores beside it
             confidence=None if confidence is None else round(confidence, 4),  # as scores
             scores=self.smoother.scores(track),
             bbox=[round(float(v), 1) for v in track.bbox],

@@ -1,9 +1,14 @@
-"""Per-track emotion smoothing: EMA over probabilities, with hysteresis on the label.
+"""Per-track emotion smoothing: EMA over probabilities, with hysteresis on label changes.
 
-The smoothed distribution is ``p <- alpha * new + (1 - alpha) * p``. The label
-a track reports changes only when another label leads the smoothed
-distribution, reaches ``min_confidence`` and beats the current label by
-``margin``: single-frame flicker never becomes an event.
+The smoothed distribution is ``p <- alpha * new + (1 - alpha) * p``. An event's
+``label`` is always the argmax of the smoothed ``scores`` published beside it (the
+first of equal maxima), and ``confidence`` its probability: the label never
+contradicts the scores. The hysteresis decides when a change is *reported*: an
+``update`` event fires only when another label leads the smoothed distribution,
+reaches ``min_confidence`` and beats the last reported label (``track.label``, the
+``previous_label`` of the update) by ``margin``: single-frame flicker never becomes an
+event. Between updates, a ``summary`` or ``end`` event shows the current argmax,
+which may differ from the last reported label while its lead is below the margin.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -50,7 +55,15 @@ class EmotionSmoother:
             return {}
         return {label: round(float(p), 4) for label, p in zip(self.labels, track.probs)}
 
-    def confidence(self, track: Track) -> Optional[float]:
-        if track.probs is None or track.label is None:
+    def label(self, track: Track) -> Optional[str]:
+        """The argmax of the smoothed scores (the first of equal maxima)."""
+        if track.probs is None:
             return None
-        return float(track.probs[self.labels.index(track.label)])
+        probs = track.probs
+        return self.labels[max(range(len(probs)), key=probs.__getitem__)]
+
+    def confidence(self, track: Track) -> Optional[float]:
+        """The smoothed probability of :meth:`label`."""
+        if track.probs is None:
+            return None
+        return float(max(track.probs))

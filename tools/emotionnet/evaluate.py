@@ -109,7 +109,9 @@ def run_onnx(model: str, feats: np.ndarray) -> np.ndarray:
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    (probs,) = sess.run(["probs"], {"landmarks": feats.astype(np.float32)})
+    spec = sess.get_inputs()[0]
+    x = feats.astype(np.float32).reshape(len(feats), *[int(d) for d in spec.shape[1:]])
+    (probs,) = sess.run(["probs"], {spec.name: x})
     return probs
 
 

@@ -4,12 +4,16 @@
     python3 tools/emotionnet/export.py [--weights build/emotionnet/weights.npz]
                                        [--out engines/models/emotionnet.onnx]
 
-The graph is built directly with ``onnx.helper``: five ``Gemm`` layers (batch norm folded
-into the weights; dropout is the identity at inference), ``Relu`` between them and a final
-``Softmax(axis=1)``:
+The graph is built directly with ``onnx.helper``: NVIDIA EmotionNet's input contract
+(``input_landmarks`` [N, 1, 136, 1], so that NVIDIA's TAO EmotionNet and ours are
+interchangeable through the manifest), a ``Flatten``, five ``Gemm`` layers (batch norm
+folded into the weights; dropout is the identity at inference), ``Relu`` between them
+and a final ``Softmax(axis=1)``:
 
-    landmarks float32 [N, 136]  (engines.landmarks.normalize(points, "centered_aligned_rms"))
-      -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Softmax
+    input_landmarks float32 [N, 1, 136, 1]
+        (engines.landmarks.normalize(points, "centered_aligned_rms"), x0, y0, x1, y1, ...)
+      -> Flatten -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm
+      -> Softmax
     probs float32 [N, K]        (class probabilities, labels in the order of the metadata)
 
 Opset 13, IR version 7, dynamic batch ``N``, float32 only: within what TensorRT 8.2
@@ -39,7 +43,8 @@ OPSET = 13
 IR_VERSION = 7
 PRODUCER_NAME = "emotion-agent/tools/emotionnet/export.py"
 PRODUCER_VERSION = "1"
-INPUT_NAME = "landmarks"
+INPUT_NAME = "input_landmarks"  # NVIDIA TAO EmotionNet's input name and shape
+INPUT_SHAPE = ["N", 1, 136, 1]
 OUTPUT_NAME = "probs"
 NORMALIZATION = "centered_aligned_rms"
 BN_EPS = 1e-5
@@ -87,7 +92,8 @@ def build_model(
     if layers[-1][0].shape[0] != len(labels):
         raise ValueError(f"{layers[-1][0].shape[0]} outputs but {len(labels)} labels")
     nodes, inits = [], []
-    x = INPUT_NAME
+    nodes.append(helper.make_node("Flatten", [INPUT_NAME], ["flat"], name="flatten", axis=1))
+    x = "flat"
     for i, (w, b) in enumerate(layers):
         # stored [in, out] (Gemm without transB, as tools/faceapi/port.py writes its fc)
         inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"fc{i}.weight"))
@@ -102,11 +108,12 @@ def build_model(
             x = f"relu{i}"
     nodes.append(helper.make_node("Softmax", [x], [OUTPUT_NAME], name="softmax", axis=1))
     k = len(labels)
-    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 136])]
+    inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, INPUT_SHAPE)]
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", k])]
     doc = (
         "EmotionNet (emotion-agent): 68 facial landmarks -> expression probabilities. "
-        f"Input: engines.landmarks.normalize(points, '{NORMALIZATION}'), x0,y0,x1,y1,... "
+        f"Input [N,1,136,1]: engines.landmarks.normalize(points, '{NORMALIZATION}'), "
+        "x0,y0,x1,y1,... "
         f"Output: softmax over {', '.join(labels)}."
     )
     graph = helper.make_graph(nodes, "emotionnet", inputs, outputs, initializer=inits)
@@ -139,11 +146,16 @@ def serialize(model: onnx.ModelProto) -> bytes:
 def model_from_weights(weights: Dict[str, np.ndarray]) -> onnx.ModelProto:
     labels = [str(s) for s in weights["labels"]]
     meta = [
-        ("license", "Apache-2.0 (weights trained by emotion-agent; data Apache-2.0)"),
+        (
+            "license",
+            "Apache-2.0 (weights trained by emotion-agent on facial_expressions, Apache-2.0, "
+            "and FER2013 images with FER+ labels, MIT: see engines/models/README.md)",
+        ),
         (
             "source",
-            "trained by tools/emotionnet/train.py on landmarks of muxspace/facial_expressions "
-            "extracted by tools/emotionnet/extract_landmarks.py",
+            "trained by tools/emotionnet/train.py on landmarks of FER2013 (FER+ votes) and "
+            "muxspace/facial_expressions, extracted by tools/emotionnet/extract_fer.py and "
+            "extract_landmarks.py",
         ),
     ]
     return build_model(folded_layers(weights), labels, meta)

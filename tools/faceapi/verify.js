@@ -12,9 +12,11 @@
  *   det_input, det_grid   the 416x416 float batch face-api builds (RGB, pre-normalisation)
  *                         and the raw TinyFaceDetector output before decoding
  *   lm_input, lm_full, lm_tiny   112x112 face inputs and the raw landmark-net fc outputs
+ *   lm_expr               FaceExpressionNet's softmax on the same 112x112 inputs
  *   e2e/*                 decoded image pixels, detectAllFaces(TinyFaceDetectorOptions)
  *                         boxes + withFaceLandmarks() (full and tiny) in pixels, and
- *                         detectFaceLandmarks()/detectFaceLandmarksTiny() on face crops
+ *                         detectFaceLandmarks()/detectFaceLandmarksTiny() on face crops;
+ *                         withFaceExpressions() and recognizeFaceExpressions() likewise
  *
  * Inputs need no download: the demo JPEGs inside the npm package, face images from the
  * shared facial_expressions data set (read in place, never copied into the repo; skipped
@@ -187,7 +189,7 @@ async function main() {
   console.log('reference:', JSON.stringify(index.meta));
 
   // 1. weight maps, loaded exactly like NeuralNetwork.loadFromDisk does
-  const modelNames = ['tiny_face_detector_model', 'face_landmark_68_model', 'face_landmark_68_tiny_model'];
+  const modelNames = ['tiny_face_detector_model', 'face_landmark_68_model', 'face_landmark_68_tiny_model', 'face_expression_model'];
   for (const m of modelNames) {
     const manifest = readJson(path.join(modelDir, `${m}-weights_manifest.json`));
     const fetchWeights = (paths) => Promise.all(paths.map((p) => {
@@ -201,6 +203,7 @@ async function main() {
   await faceapi.nets.tinyFaceDetector.loadFromDisk(modelDir);
   await faceapi.nets.faceLandmark68Net.loadFromDisk(modelDir);
   await faceapi.nets.faceLandmark68TinyNet.loadFromDisk(modelDir);
+  await faceapi.nets.faceExpressionNet.loadFromDisk(modelDir);
 
   const demos = demoImages();
   const { square, crops } = faceImages();
@@ -234,7 +237,9 @@ async function main() {
     const tiny = faceapi.nets.faceLandmark68TinyNet.runNet(netInput);
     await dumpTensor('lm_full', full);
     await dumpTensor('lm_tiny', tiny);
-    tf.dispose([...tensors, batch, full, tiny]);
+    const expr = faceapi.nets.faceExpressionNet.forwardInput(netInput); // softmax [N, 7]
+    await dumpTensor('lm_expr', expr);
+    tf.dispose([...tensors, batch, full, tiny, expr]);
     index.lm_names = lmImages.map((i) => i.name);
   }
 
@@ -247,6 +252,7 @@ async function main() {
     const dets = await faceapi.detectAllFaces(t, opts);
     const withFull = await faceapi.detectAllFaces(t, opts).withFaceLandmarks();
     const withTiny = await faceapi.detectAllFaces(t, opts).withFaceLandmarks(true);
+    const withExpr = await faceapi.detectAllFaces(t, opts).withFaceExpressions();
     tf.dispose(t);
     dump(`e2e/${img.name}`, img.rgb, [img.height, img.width, 3], 'uint8');
     index.e2e.push({
@@ -256,6 +262,7 @@ async function main() {
       detections: dets.map(boxOf),
       landmarks_full: withFull.map((r) => ({ detection: boxOf(r.detection), points: pts(r.landmarks) })),
       landmarks_tiny: withTiny.map((r) => ({ detection: boxOf(r.detection), points: pts(r.landmarks) })),
+      expressions: withExpr.map((r) => ({ detection: boxOf(r.detection), probs: faceapi.FACE_EXPRESSION_LABELS.map((k) => r.expressions[k]) })),
     });
     console.log(`${img.name}: ${dets.length} face(s) ${dets.map((d) => d.score.toFixed(3)).join(' ')}`);
   }
@@ -265,9 +272,10 @@ async function main() {
     const t = toTensor(img);
     const full = await faceapi.detectFaceLandmarks(t);
     const tiny = await faceapi.detectFaceLandmarksTiny(t);
+    const expr = await faceapi.recognizeFaceExpressions(t);
     tf.dispose(t);
     dump(`crops/${img.name}`, img.rgb, [img.height, img.width, 3], 'uint8');
-    index.landmarks_on_crops.push({ name: img.name, width: img.width, height: img.height, full: pts(full), tiny: pts(tiny) });
+    index.landmarks_on_crops.push({ name: img.name, width: img.width, height: img.height, full: pts(full), tiny: pts(tiny), expressions: faceapi.FACE_EXPRESSION_LABELS.map((k) => expr[k]) });
   }
 
   fs.writeFileSync(path.join(args.out, 'index.json'), JSON.stringify(index, null, 1));

@@ -14,7 +14,9 @@ Checks, each with a tolerance; exits 1 if any fails:
 4. end to end from the decoded pixels: our numpy preprocessing + ONNX + decode_reference
    vs detectAllFaces(TinyFaceDetectorOptions): same number of faces, IoU of matched
    boxes, score diff; withFaceLandmarks() (full and tiny) and detectFaceLandmarks() /
-   detectFaceLandmarksTiny() on face crops: landmark position diff in pixels.
+   detectFaceLandmarksTiny() on face crops: landmark position diff in pixels;
+   withFaceExpressions() and recognizeFaceExpressions() (FaceExpressionNet):
+   probability diff.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Nets:
         self.detector = sess("tiny_face_detector.onnx")
         self.full = sess("face_landmark_68.onnx")
         self.tiny = sess("face_landmark_68_tiny.onnx")
+        self.expr = sess("face_expression.onnx")
 
     @staticmethod
     def run(session, batch_bgr, chunk=4):
@@ -132,6 +135,19 @@ def landmarks_on_crop(nets, net, crop_rgb, half_pixel=False):
     inp = to_net_input(crop_rgb, 112, center=True, half_pixel=half_pixel)
     out = Nets.run(net, rgb_to_bgr(inp[None]))[0]
     return landmarks_to_crop_pixels(out, cw, ch)
+
+
+def expressions_on_crop(nets, crop_rgb):
+    """predictExpressions on a crop: the 7 probabilities in FACE_EXPRESSION_LABELS order."""
+    inp = to_net_input(crop_rgb, 112, center=True)
+    return Nets.run(nets.expr, rgb_to_bgr(inp[None]))[0]
+
+
+def expressions_for_box(nets, img_rgb, box_px):
+    """withFaceExpressions for one detection: extractFaceTensors (clip + floor) -> crop."""
+    H, W = img_rgb.shape[:2]
+    cx, cy, cw, ch = face_crop_box(box_px, W, H)
+    return expressions_on_crop(nets, img_rgb[cy : cy + ch, cx : cx + cw])
 
 
 def iou_xywh(a, b):
@@ -203,6 +219,7 @@ def main(argv=None):
             "tiny_face_detector_model",
             "face_landmark_68_model",
             "face_landmark_68_tiny_model",
+            "face_expression_model",
         ):
             ours = port.load_tfjs_weights(model_dir, m)
             worst, n = 0.0, 0
@@ -276,6 +293,27 @@ def main(argv=None):
                 ctrl > 10 * RAW_TOL,
                 f"max|diff| {ctrl:.3g}",
             )
+        if "lm_expr" in index["arrays"]:
+            out = Nets.run(nets.expr, rgb_to_bgr(lm_in))
+            mx, mean = stat(out - arr("lm_expr"))
+            check(
+                f"raw face_expression probs [{len(lm_in)},7]",
+                mx <= RAW_TOL,
+                f"max|diff| {mx:.3g}  mean {mean:.3g}",
+            )
+            same = int((out.argmax(1) == arr("lm_expr").argmax(1)).sum())
+            check(
+                f"  face_expression argmax equal ({len(lm_in)} inputs)",
+                same == len(lm_in),
+                f"{same}/{len(lm_in)}",
+            )
+            swapped = Nets.run(nets.expr, np.ascontiguousarray(lm_in))
+            ctrl = float(np.abs(swapped - arr("lm_expr")).max())
+            check(
+                "  control: same expressions with R/B swapped must differ",
+                ctrl > 10 * RAW_TOL,
+                f"max|diff| {ctrl:.3g}",
+            )
 
     # 4. end to end -----------------------------------------------------------------
     def best_match(box, candidates):
@@ -283,7 +321,7 @@ def main(argv=None):
 
     n_js = n_ours = 0
     ious, score_diffs = [], []
-    lm_full, lm_tiny = [], []
+    lm_full, lm_tiny, expr_e2e = [], [], []
     count_ok = True
     for e in index["e2e"]:
         img = arr("e2e/" + e["name"])
@@ -314,6 +352,9 @@ def main(argv=None):
                 box = ours[best_match(r["detection"]["pixels"], ours)][0]
                 pts = landmarks_for_box(nets, sess, img, box)
                 acc.append(np.linalg.norm(pts - np.array(r["points"]), axis=1))
+        for r in e.get("expressions", []) if ours else []:
+            box = ours[best_match(r["detection"]["pixels"], ours)][0]
+            expr_e2e.append(expressions_for_box(nets, img, box) - np.array(r["probs"]))
     check(
         f"e2e detections: count JS {n_js} vs ONNX {n_ours} ({len(index['e2e'])} images)", count_ok
     )
@@ -340,9 +381,19 @@ def main(argv=None):
                 f"max {d.max():.2g}  mean {d.mean():.2g}",
             )
 
-    full_d, tiny_d = [], []
+    if expr_e2e:
+        mx, mean = stat(np.concatenate(expr_e2e))
+        check(
+            f"e2e withFaceExpressions(): {len(expr_e2e)} faces, probability",
+            mx <= E2E_SCORE_TOL,
+            f"max|diff| {mx:.2g}  mean {mean:.2g}",
+        )
+
+    full_d, tiny_d, expr_d = [], [], []
     for c in index["landmarks_on_crops"]:
         img = arr("crops/" + c["name"])
+        if "expressions" in c:
+            expr_d.append(expressions_on_crop(nets, img) - np.array(c["expressions"]))
         for net, key, acc in ((nets.full, "full", full_d), (nets.tiny, "tiny", tiny_d)):
             pts = landmarks_on_crop(nets, net, img)
             acc.append(np.linalg.norm(pts - np.array(c[key]), axis=1))
@@ -354,6 +405,13 @@ def main(argv=None):
                 d.max() <= E2E_LANDMARK_PX_TOL,
                 f"max {d.max():.2g}  mean {d.mean():.2g}",
             )
+    if expr_d:
+        mx, mean = stat(np.concatenate(expr_d))
+        check(
+            f"recognizeFaceExpressions on {len(expr_d)} face crops, probability",
+            mx <= E2E_SCORE_TOL,
+            f"max|diff| {mx:.2g}  mean {mean:.2g}",
+        )
 
     # informational, not a check: the same e2e comparison with an OpenCV-style resize
     hp_ious, hp_lm, hp_count = [], [], [0, 0]

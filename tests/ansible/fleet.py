@@ -65,9 +65,7 @@ class Container:
 
     def nsenter(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         """Run a command inside the container (all its namespaces); its stdout."""
-        result = sh(
-            ["nsenter", "-t", str(self.leader), "-a", *args], check=False, timeout=timeout
-        )
+        result = sh(["nsenter", "-t", str(self.leader), "-a", *args], check=False, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{self.name}: {' '.join(args)} exited {result.returncode}: "

@@ -46,8 +46,10 @@ def build_wheel(version: str, out: Path, broken: Optional[str] = None) -> Path:
             raise ValueError(broken)
         out.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-            + ["--disable-pip-version-check", "-w", str(out), str(src)],
+            [
+                *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"),
+                *("--no-build-isolation", "--disable-pip-version-check", "-w", str(out), str(src)),
+            ],
             check=True,
             capture_output=True,
         )
@@ -66,8 +68,16 @@ def fill_wheelhouse(
     marker = dest / f".complete-{wheel.name}"
     if not marker.exists():
         subprocess.run(
-            [str(WHEELHOUSE_SCRIPT), str(python), str(wheel), str(dest), machine, pyver]
-            + [glibc, extras],
+            [
+                str(WHEELHOUSE_SCRIPT),
+                str(python),
+                str(wheel),
+                str(dest),
+                machine,
+                pyver,
+                glibc,
+                extras,
+            ],
             check=True,
             capture_output=True,
             timeout=900,

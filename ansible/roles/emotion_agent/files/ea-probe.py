@@ -41,7 +41,7 @@ print(
     json.dumps(
         {
             "machine": platform.machine(),
-            "python": "%d.%d" % sys.version_info[:2],
+            "python": "{}.{}".format(*sys.version_info[:2]),
             "libc": libc,
             "libc_version": libc_version,
             "jetson": bool(tegra) or "jetson" in model.lower(),

@@ -16,6 +16,7 @@ layer, gone when it stops. Addresses are set from outside with ``nsenter``.
 (which takes the bridge and the veths with it), temporary files.
 """
 
+import itertools
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / "build" / "ansible"
@@ -53,6 +54,24 @@ def rootfs(suite: str = "bookworm", arch: str = "amd64") -> Path:
         sh(["tar", "-C", str(root), "--numeric-owner", "-xf", str(tarball)])
         stamp.touch()
     return root
+
+
+_SERIAL = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A container to boot: its name (also the inventory name), root file system and
+    extra systemd-nspawn options."""
+
+    name: str
+    root: Path
+    nspawn_args: Tuple[str, ...] = ()
+
+
+# qemu-user shifts the real-time signals: without this, systemd-nspawn's SIGRTMIN+3
+# ("power off") reaches an emulated systemd as another signal and sends it to rescue mode.
+EMULATED = ("--kill-signal=SIGRTMIN+6",)
 
 
 @dataclass
@@ -104,16 +123,17 @@ class Fleet:
     # -- set-up ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path, names: Sequence[str]) -> "Fleet":
+    def create(cls, targets: Sequence[Target]) -> "Fleet":
         workdir = Path(tempfile.mkdtemp(prefix="ea-ans-"))
         os.chmod(workdir, 0o755)  # mosquitto drops root for its own user
-        fleet = cls(namespace=f"ea-ans-{os.getpid()}", workdir=workdir, key=workdir / "id")
+        namespace = f"ea-ans-{os.getpid()}-{next(_SERIAL)}"
+        fleet = cls(namespace=namespace, workdir=workdir, key=workdir / "id")
         try:
             fleet._network()
             fleet._mosquitto()
             sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(fleet.key)])
-            for index, name in enumerate(names):
-                fleet._boot(root, name, f"{SUBNET}.{11 + index}")
+            for index, target in enumerate(targets):
+                fleet._boot(target, f"{SUBNET}.{11 + index}")
             for container in fleet.containers:
                 fleet._wait_ready(container)
         except BaseException:
@@ -145,14 +165,15 @@ class Fleet:
             self.in_netns(["mosquitto", "-c", str(conf)]), stdout=log, stderr=log
         )
 
-    def _boot(self, root: Path, name: str, address: str) -> None:
+    def _boot(self, target: Target, address: str) -> None:
+        name = target.name
         log = self.workdir / f"{name}.console.log"
         args = [
             "systemd-nspawn",
             "--quiet",
             "-b",
             "-D",
-            str(root),
+            str(target.root),
             "--register=no",
             "--keep-unit",
             "--console=pipe",
@@ -160,6 +181,7 @@ class Fleet:
             f"--network-bridge={BRIDGE}",
             f"--machine={name}",
             f"--bind-ro={self.key}.pub:/root/.ssh/authorized_keys",
+            *target.nspawn_args,
         ]
         with log.open("w") as out:
             process = subprocess.Popen(
@@ -167,7 +189,7 @@ class Fleet:
             )
         self.containers.append(Container(name, address, process, log))
 
-    def _wait_ready(self, container: Container, timeout: float = 120) -> None:
+    def _wait_ready(self, container: Container, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while not container.leader:
             container.leader = _child_systemd(container.process.pid)

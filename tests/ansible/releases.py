@@ -66,7 +66,7 @@ def fill_wheelhouse(
     Cached in build/ansible/wheelhouse between runs."""
     dest = CACHE / "wheelhouse" / platform
     marker = dest / f".complete-{wheel.name}"
-    if not marker.exists():
+    if not (marker.exists() and dest.parent.joinpath(dest.name + ".tar").exists()):
         subprocess.run(
             [
                 str(WHEELHOUSE_SCRIPT),

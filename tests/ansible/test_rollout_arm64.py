@@ -85,6 +85,8 @@ def controller(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Contro
     slow = {
         "emotion_agent_gate_timeout": 900,
         "emotion_agent_gate_delay": 5,
+        # Ansible's async wrapper loses its job under qemu-user ("could not find job").
+        "emotion_agent_async": False,
         "emotion_agent_config": {
             "camera": {"source": "synthetic://", "fps": 1, "width": 320, "height": 240},
             "telemetry": {"interval_s": 5},

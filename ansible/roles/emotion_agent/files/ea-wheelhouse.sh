@@ -10,8 +10,9 @@
 # targets install with `pip install --no-index`. The agent's own wheel is not kept: the
 # role copies it next to the wheelhouse. The `jetson` extra's pycuda and jetson-stats
 # exist as source distributions only: they are downloaded as such, with their build
-# requirements, and built on the Jetson (which has CUDA). DEST/.complete-<wheel name>
-# marks a finished run; files already in DEST are not downloaded again.
+# requirements, and built on the Jetson (which has CUDA). The result is DEST.tar (what
+# the role copies); DEST/.complete-<wheel name> marks a finished run; files already in
+# DEST are not downloaded again.
 set -euo pipefail
 PYTHON="$1" WHEEL="$2" DEST="$3" MACHINE="$4" PYVER="$5" GLIBC="$6" EXTRAS="$7"
 minor="${GLIBC#*.}"
@@ -37,5 +38,11 @@ else
     pip_download "${binary[@]}" "$WHEEL[$EXTRAS]" pip
 fi
 rm -f "$DEST"/emotion_agent-*.whl
+# DEST.tar: what the role copies (one file travels much faster than many).
+find "$DEST" -maxdepth 1 -type f \( -name '*.whl' -o -name '*.tar.gz' -o -name '*.zip' \) \
+    -printf '%f\n' | sort >"$DEST.list"
+tar -C "$DEST" -cf "$DEST.tar.tmp" -T "$DEST.list"
+mv "$DEST.tar.tmp" "$DEST.tar"
+rm -f "$DEST.list"
 touch "$DEST/.complete-$(basename "$WHEEL")"
-echo "wheelhouse ready: $DEST ($(find "$DEST" -maxdepth 1 -type f -name '*.whl' | wc -l) wheels)"
+echo "wheelhouse ready: $DEST.tar ($(tar -tf "$DEST.tar" | wc -l) files)"

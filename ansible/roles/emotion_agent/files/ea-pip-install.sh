@@ -12,8 +12,15 @@
 # (it is big, and the release no longer needs it).
 set -eu
 PYTHON="$1" SYSTEM_SITE="$2" RELEASE="$3" REQ="$4" VERSION="$5" UPGRADE="$6" INDEX="${7:-}"
+# One install at a time per release; a second one finds it done and stops.
+exec 9>"$RELEASE/.install.lock"
+flock 9
+if [ -f "$RELEASE/.installed" ]; then
+    cat "$RELEASE/.installed"
+    exit 0
+fi
 VENV="$RELEASE/venv"
-WH="$RELEASE/wheelhouse"
+WH="$(mktemp -d "$RELEASE/wheelhouse.XXXXXX")"
 venv_args=""
 [ "$SYSTEM_SITE" = yes ] && venv_args="--system-site-packages"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check --no-cache-dir "$@"; }
@@ -22,7 +29,6 @@ if [ -n "$INDEX" ]; then
     "$PYTHON" -m venv $venv_args "$VENV"
     [ "$UPGRADE" = yes ] && pip install --quiet "$@" --upgrade pip
 else
-    rm -rf "$WH" && mkdir -p "$WH"
     tar -xf "$RELEASE/wheelhouse.tar" -C "$WH"
     set -- --no-index --find-links "$WH"
     pipwheel="$(ls "$WH"/pip-*.whl 2>/dev/null | tail -1)"
@@ -41,6 +47,6 @@ case "$got" in
     *" $VERSION") ;;
     *) echo "installed $got, expected $VERSION" >&2; exit 1 ;;
 esac
-rm -rf "$WH" "$RELEASE/wheelhouse.tar" "$RELEASE/dist"
+rm -rf "$WH" "$RELEASE/wheelhouse.tar" "$RELEASE/dist" "$RELEASE/.install.lock"
 echo "$got" >"$RELEASE/.installed"
 echo "$got installed in $VENV"

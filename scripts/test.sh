@@ -7,6 +7,11 @@
 # 2. creates a virtual environment (.venv-test) and installs the package with its
 #    cpu, systemd and dev extras;
 # 3. runs ruff (target py38), vermin (-t=3.8-) and pytest;
+#    The Ansible role's tests (tests/ansible) boot systemd-nspawn containers: they
+#    need root, and run in this pass only (EA_ANSIBLE_TESTS: required when root,
+#    else they are skipped with the reason; =off skips them);
+#    ansible-lint --profile production and --syntax-check run before pytest, from
+#    the tools venv build/ansible/tools-venv (ansible/requirements.txt);
 # 4. runs pytest again on Python 3.8 (JetPack 5's Python) when a python3.8 is
 #    found (PATH or pyenv). EA_TEST_PY38=off skips it, =required demands it.
 #
@@ -16,7 +21,8 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 
-APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc)
+APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc
+    systemd-container debootstrap openssh-client iproute2 util-linux)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -89,6 +95,29 @@ say "ruff (target py38)"
 say "vermin (Python 3.8 and up)"
 "$VENV/bin/vermin" -t=3.8- --no-tips --violations --eval-annotations agent engines tests tools
 
+# The fleet side (controller tools, never in the device install): Ansible and
+# ansible-lint in a venv of their own, then lint and syntax-check the role and playbooks.
+ANSIBLE_VENV="${EA_ANSIBLE_VENV:-build/ansible/tools-venv}"
+if [ ! -x "$ANSIBLE_VENV/bin/ansible-lint" ]; then
+    say "creating $ANSIBLE_VENV (ansible/requirements.txt)"
+    "$PYTHON" -m venv "$ANSIBLE_VENV"
+fi
+"$ANSIBLE_VENV/bin/python" -m pip install -q --disable-pip-version-check -r ansible/requirements.txt
+export EA_ANSIBLE_VENV="$(cd "$ANSIBLE_VENV" && pwd)"
+say "ansible-lint --profile production, ansible-playbook --syntax-check"
+(
+    cd ansible
+    PATH="$EA_ANSIBLE_VENV/bin:$PATH" ANSIBLE_CONFIG=ansible.cfg \
+        "$EA_ANSIBLE_VENV/bin/ansible-lint" --profile production --nocolor -q
+    for playbook in playbooks/*.yml; do
+        ANSIBLE_CONFIG=ansible.cfg "$EA_ANSIBLE_VENV/bin/ansible-playbook" --syntax-check \
+            -i localhost, "$playbook" >/dev/null
+    done
+)
+
+if [ "$(id -u)" -eq 0 ]; then
+    export EA_ANSIBLE_TESTS="${EA_ANSIBLE_TESTS:-required}"
+fi
 say "pytest on $("$VENV/bin/python" --version)"
 "$VENV/bin/python" -m pytest "$@"
 
@@ -100,8 +129,8 @@ if [ "$PY38_MODE" != off ]; then
     fi
     if [ -n "$PY38" ]; then
         make_venv "$PY38" "${VENV}-py38"
-        say "pytest on $("${VENV}-py38/bin/python" --version)"
-        "${VENV}-py38/bin/python" -m pytest "$@"
+        say "pytest on $("${VENV}-py38/bin/python" --version) (the Ansible tests ran above)"
+        EA_ANSIBLE_TESTS=off "${VENV}-py38/bin/python" -m pytest "$@"
     elif [ "$PY38_MODE" = required ]; then
         echo "EA_TEST_PY38=required but no python3.8 was found" >&2
         exit 1

@@ -53,13 +53,13 @@ make_venv "$PYTHON" "$VENV"
 
 # The `export` extra (tools/siglip2, tests/test_siglip2_export.py) on this Python only
 # (torch has no Python 3.8 wheels; those tests skip there and say so). torch is pinned
-# to its CPU build: from a local wheel or the configured indexes where one is, else
-# from PyTorch's CPU index; never PyPI's default torch, which pulls the CUDA libraries.
+# to its CPU build, which pip finds as a local wheel or on a configured index (CI's
+# machines have it on disk); never PyPI's default torch, which pulls the CUDA
+# libraries. Where no CPU build can be found the export tests skip and say why.
 TORCH="torch==2.13.0+cpu"
 pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
 if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0+cpu')" 2>/dev/null \
-    || { say "installing $TORCH (the export extra's CPU torch)"; pipq "$TORCH" 2>/dev/null; } \
-    || pipq "$TORCH" --extra-index-url https://download.pytorch.org/whl/cpu; then
+    || { say "installing $TORCH (the export extra's CPU torch)"; pipq "$TORCH"; }; then
     pipq -e '.[cpu,systemd,dev,export]'
 else
     say "WARNING: no CPU build of torch could be installed: the export tests will skip"

@@ -16,8 +16,8 @@ import numpy as np
 
 from agent.config import AgentConfig
 from engines.backend import Backend
-from engines.manifest import LoadedManifest, ResolvedModel
-from engines.prepare import EngineSettings, prepare_engines
+from engines.manifest import LoadedManifest, ResolvedModel, load_manifest
+from engines.prepare import EngineEnvironment, EngineSettings, prepare_engines
 from engines.progress import BuildReporter, OnBuilding
 
 Record = Callable[[float, float], None]  # (end time, milliseconds)
@@ -44,16 +44,13 @@ def main_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) 
     return list(dict.fromkeys(names))
 
 
-def selected_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
-    """The models the daemon runs with this configuration that ``models.manifest`` lists:
-    the loop's (with ``manifest``: a fused ``models.emotion`` as its member models), and
-    the secondary model unless it has a manifest of its own
-    (``pipeline.secondary.manifest``, see :func:`secondary_settings`)."""
-    names = main_models(config, manifest)
+def secondary_source(config: AgentConfig, manifest: LoadedManifest) -> Optional[LoadedManifest]:
+    """The manifest the secondary model comes from (``pipeline.secondary.manifest``, else
+    ``models.manifest``), or None with the stage off (raises ManifestError)."""
     secondary = config.pipeline.secondary
-    if secondary.enabled and secondary.manifest is None:
-        names.append(secondary.model)
-    return list(dict.fromkeys(names))
+    if not secondary.enabled:
+        return None
+    return load_manifest(secondary.manifest) if secondary.manifest is not None else manifest
 
 
 def secondary_settings(config: AgentConfig) -> EngineSettings:
@@ -65,6 +62,47 @@ def secondary_settings(config: AgentConfig) -> EngineSettings:
         max_batch=1,
         onnxruntime_threads=config.pipeline.secondary.threads,
     )
+
+
+def prepare_configured_engines(
+    config: AgentConfig,
+    manifest: LoadedManifest,
+    reporter: Optional[BuildReporter] = None,
+    force: bool = False,
+    env: Optional[EngineEnvironment] = None,
+) -> Dict[str, Backend]:
+    """Every engine the daemon will load with this configuration, built now where
+    needed (``engines build``, the ``rebuild-engines`` command, Ansible's pre-build):
+    the loop's models with the main settings, and with ``pipeline.secondary.enabled``
+    the secondary model from its own manifest (or ``models.manifest``) with
+    :func:`secondary_settings`, i.e. the very engine its worker loads (raises
+    engines.prepare.EnginePreparationError, engines.manifest.ManifestError)."""
+    backends = prepare_engines(
+        manifest,
+        main_models(config, manifest),
+        engine_settings(config),
+        reporter=reporter,
+        force=force,
+        env=env,
+    )
+    try:
+        own = secondary_source(config, manifest)
+        if own is not None:
+            backends.update(
+                prepare_engines(
+                    own,
+                    [config.pipeline.secondary.model],
+                    secondary_settings(config),
+                    reporter=reporter,
+                    force=force,
+                    env=env,
+                )
+            )
+    except BaseException:
+        for backend in backends.values():
+            backend.close()
+        raise
+    return backends
 
 
 class EngineRunner:

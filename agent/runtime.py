@@ -19,7 +19,13 @@ from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
-from agent.inference import EngineRunner, prepare_runners, runner_factory, secondary_settings
+from agent.inference import (
+    EngineRunner,
+    prepare_runners,
+    runner_factory,
+    secondary_settings,
+    secondary_source,
+)
 from agent.perception.factory import build_perception, manifest_for
 from agent.perception.pipeline import Runner
 from agent.perception.preprocess import prepare_image
@@ -37,7 +43,7 @@ from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
 from engines.budget import estimate
-from engines.manifest import ImageInput, LoadedManifest, ResolvedModel, load_manifest
+from engines.manifest import ImageInput, LoadedManifest, ResolvedModel
 from engines.prepare import prepare_engines
 from engines.progress import BuildReporter, OnBuilding
 
@@ -205,9 +211,9 @@ def build_runtime(
 
     p = config.pipeline
     secondary = None
-    if p.secondary.enabled:
+    own = secondary_source(config, manifest)  # None with the stage off
+    if own is not None:
         sp = p.secondary
-        own = load_manifest(sp.manifest) if sp.manifest is not None else manifest
         own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
         loader = secondary_loader(
             config,

@@ -274,11 +274,11 @@ def test_perception_fuses_a_landmark_and_an_image_model():
 def test_fused_classifier_is_wired_by_name():
     """models.emotion: fused runs (and builds engines for, and checks) both members."""
     from agent.doctor.modelfiles import check_models
-    from agent.inference import selected_models
+    from agent.inference import main_models
 
     bundled = load_manifest()
     config = AgentConfig.model_validate({"models": {"emotion": "fused"}})
-    assert selected_models(config, bundled)[-2:] == ["emotionnet", "face_expression"]
+    assert main_models(config, bundled)[-2:] == ["emotionnet", "face_expression"]
     result = check_models(config.models, config.pipeline)
     assert result.status == "ok" and "face_expression" in result.message
     assert bundled.emotion_labels("fused") == bundled.resolve("emotionnet").entry.labels

@@ -152,3 +152,35 @@ def test_help_and_a_real_process(setup):
     proc = run_subprocess(["engines", "list", "--json", *args], env_extra=NO_FILE)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["engines"]) == 3
+
+
+def test_build_prepares_the_secondary_model_from_its_own_manifest(setup, tmp_path):
+    """``engines build`` (and so Ansible's pre-build) builds every engine the daemon
+    loads, the secondary stage's included; ``clean --stale`` keeps that engine."""
+    from tests.test_secondary_stage import secondary_manifest
+
+    args, cache, _ = setup
+    fine = secondary_manifest(tmp_path / "fine")
+    args = [
+        *args,
+        "--set",
+        "pipeline.secondary.enabled=true",
+        "--set",
+        "pipeline.secondary.model=fine",
+        "--set",
+        f"pipeline.secondary.manifest={fine}",
+    ]
+    res = run_cli(["engines", "build", *args], NO_FILE)
+    assert res.code == 0, res.err
+    assert [line.split(":")[0] for line in res.out.splitlines()] == ["det", "lm", "emo", "fine"]
+    rows = json.loads(run_cli(["engines", "list", "--json", *args], NO_FILE).out)["engines"]
+    assert {r["model"]: r["batch_profile"] for r in rows}["fine"] == [1, 1, 1]
+    assert all(r["current"] for r in rows)
+
+    res = run_cli(["engines", "clean", "--stale", *args], NO_FILE)
+    assert res.code == 0, res.err
+    rows = json.loads(run_cli(["engines", "list", "--json", *args], NO_FILE).out)["engines"]
+    assert sorted(r["model"] for r in rows) == ["det", "emo", "fine", "lm"]
+
+    res = run_cli(["engines", "build", *args], NO_FILE)
+    assert res.out.splitlines()[-1].startswith("fine: onnxruntime (cached) ")

@@ -12,7 +12,12 @@ from typing import Any, Callable, Dict, Optional, Set
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.config import AgentConfig
-from agent.inference import engine_settings, selected_models
+from agent.inference import (
+    engine_settings,
+    prepare_configured_engines,
+    secondary_settings,
+    secondary_source,
+)
 from engines.cache import EngineCache, EntryStatus
 from engines.manifest import LoadedManifest, ManifestError, ModelIntegrityError, load_manifest
 from engines.prepare import (
@@ -114,23 +119,23 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
     manifest = _manifest(config, ctx)
     if manifest is None:
         return EXIT_FAILURE
-    if args.models:
-        names = list(dict.fromkeys(args.models))
-    elif args.all:
-        names = manifest.names
-    else:
-        names = selected_models(config, manifest)
     reporter = default_reporter(ctx.stderr, ctx.logger)
     try:
-        backends = prepare_engines(
-            manifest,
-            names,
-            engine_settings(config),
-            reporter=reporter,
-            force=args.force,
-            env=_environment(ctx),
-        )
-    except EnginePreparationError as exc:
+        if args.models or args.all:
+            names = list(dict.fromkeys(args.models)) if args.models else manifest.names
+            backends = prepare_engines(
+                manifest,
+                names,
+                engine_settings(config),
+                reporter=reporter,
+                force=args.force,
+                env=_environment(ctx),
+            )
+        else:  # what the daemon loads, the secondary stage's model included
+            backends = prepare_configured_engines(
+                config, manifest, reporter=reporter, force=args.force, env=_environment(ctx)
+            )
+    except (EnginePreparationError, ManifestError) as exc:
         print(f"emotion-agent: {exc}", file=ctx.stderr)
         return EXIT_FAILURE
     printed: Set[str] = set()
@@ -147,21 +152,31 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _current_digests(config: AgentConfig, manifest: LoadedManifest, ctx: CliContext) -> Set[str]:
-    """Digests of the keys every manifest model has on this device (primary and fallback)."""
-    settings = engine_settings(config)
+    """Digests of the keys every manifest model has on this device (primary and
+    fallback), and the secondary stage's model when it is enabled (from its own
+    manifest, with its own settings: ``clean --stale`` must not remove its engine)."""
     env = _environment(ctx)
-    toolchains = Toolchains(settings, EngineCache(settings.cache_dir, env.now), env)
-    digests: Set[str] = set()
+    groups = [(manifest, manifest.names, engine_settings(config))]
     try:
-        for name in manifest.names:
-            try:
-                spec = model_spec(manifest, name, settings.max_batch)
-            except (ManifestError, ModelIntegrityError, ValueError) as exc:
-                ctx.logger.warning("model %s: %s", name, exc)
-                continue
-            digests.update(key.digest() for key in toolchains.keys(spec))
-    finally:
-        toolchains.close()
+        own = secondary_source(config, manifest)
+    except ManifestError as exc:
+        ctx.logger.warning("pipeline.secondary.manifest: %s", exc)
+        own = None
+    if own is not None:
+        groups.append((own, [config.pipeline.secondary.model], secondary_settings(config)))
+    digests: Set[str] = set()
+    for source, names, settings in groups:
+        toolchains = Toolchains(settings, EngineCache(settings.cache_dir, env.now), env)
+        try:
+            for name in names:
+                try:
+                    spec = model_spec(source, name, settings.max_batch)
+                except (ManifestError, ModelIntegrityError, ValueError) as exc:
+                    ctx.logger.warning("model %s: %s", name, exc)
+                    continue
+                digests.update(key.digest() for key in toolchains.keys(spec))
+        finally:
+            toolchains.close()
     return digests
 
 

@@ -197,14 +197,11 @@ def emotion_labels(config: AgentConfig) -> List[str]:
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
     """The ``rebuild-engines`` command: rebuild the selected models' engines (force),
     while the pipeline is stopped; the restarted pipeline loads them from the cache."""
-    from agent.inference import engine_settings, selected_models
+    from agent.inference import prepare_configured_engines
     from agent.perception.factory import manifest_for
-    from engines.prepare import prepare_engines
 
     manifest = manifest_for(config)
-    backends = prepare_engines(
-        manifest, selected_models(config, manifest), engine_settings(config), force=True
-    )
+    backends = prepare_configured_engines(config, manifest, force=True)
     try:
         return {name: backend.info.kind for name, backend in backends.items()}
     finally:

@@ -3,9 +3,9 @@
 Types (as Frigate does for objects): ``new`` when a track is confirmed,
 ``update`` when its smoothed label changes with enough confidence, ``end`` when
 it has not been seen for ``pipeline.track_timeout_s``, ``summary`` every
-``pipeline.summary_interval_s`` while it lasts (optional), and ``secondary``
-when the reduced-rate secondary model has a result for it. No image data is
-ever part of an event.
+``pipeline.summary_interval_s`` while it lasts (optional). The reduced-rate
+secondary stage reports in events of its own (``fine_emotions``,
+agent/events/fine.py). No image data is ever part of an event.
 
 The MQTT publisher wraps events with the schema version, device id and
 sequence number (docs/mqtt.md).
@@ -16,7 +16,7 @@ from typing import Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EventType = Literal["new", "update", "end", "summary", "secondary"]
+EventType = Literal["new", "update", "end", "summary"]
 
 
 class EmotionEvent(BaseModel):
@@ -52,7 +52,4 @@ class EmotionEvent(BaseModel):
         ge=0,
         description="From frame capture to this event; null for end (it ends because time "
         "passed or the agent stopped, not because of a frame).",
-    )
-    secondary: Optional[Dict[str, float]] = Field(
-        None, description="secondary: the secondary model's top scores."
     )

@@ -8,9 +8,16 @@ objects freed on a thread where their context is not current leak or crash. So:
 - :class:`CudaOwner` starts one thread, ``cuda``, which initialises CUDA, makes the
   context and keeps it current for the life of the process; it is never popped,
   pushed anywhere else or re-created.
-- Every CUDA and TensorRT call (build, load, run, release) is a job that
+- Every CUDA and TensorRT call (load, run, release) is a job that
   :meth:`CudaOwner.call` hands to that thread and waits for. Calls made on the
   thread itself run directly, so a job may call another.
+- Engine builds are the exception: a TensorRT build takes minutes on a Jetson, and
+  the secondary stage's model is built while the loop already runs, so a build on
+  the ``cuda`` thread would hold up every inference queued behind it.
+  :meth:`CudaOwner.call_build` runs them on a second thread, ``cuda-build``, with the
+  same context pushed (a CUDA context may be current on several threads; it is
+  still made, detached and freed only by ``cuda``). A build's objects are made and
+  die within its job there, context current; builds run one at a time.
 - Objects are created and destroyed only there: a job's exception reaches the
   caller without its traceback, whose frames would otherwise keep a job's CUDA
   objects alive until the caller's thread dropped them.
@@ -73,6 +80,22 @@ class _Job:
         self.error: Optional[BaseException] = None
 
 
+def _serve(jobs: "queue.Queue[Optional[_Job]]") -> None:
+    """Run the jobs of ``jobs`` on this thread until a None arrives."""
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        try:
+            job.result = job.fn(*job.args)
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            job.error = _strip_tracebacks(exc)
+        finally:
+            job.fn = job.args = None  # type: ignore[assignment]
+            job.done.set()
+            del job
+
+
 class CudaOwner:
     """One CUDA context on device ``device_index``, made on and used only by its own thread.
 
@@ -84,6 +107,10 @@ class CudaOwner:
     def __init__(self, cuda: Any, device_index: int = 0, name: str = "cuda") -> None:
         self.cuda = cuda
         self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()  # noqa: UP037 (3.8)
+        self._build_jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()  # noqa: UP037 (3.8)
+        self._builder: Optional[threading.Thread] = None  # started by the first build
+        self._context: Any = None  # made on the owner thread
+        self._name = name
         self._lock = threading.Lock()  # users, shared slots, closing
         self._users = 0
         self._shared: Dict[str, Any] = {}
@@ -132,23 +159,24 @@ class CudaOwner:
             self._start_error = str(exc) if isinstance(exc, CudaUnavailable) else repr(exc)
             ready.set()
             return
+        self._context = context
         ready.set()
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            try:
-                job.result = job.fn(*job.args)
-            except BaseException as exc:  # handed to the caller, which re-raises it
-                job.error = _strip_tracebacks(exc)
-            finally:
-                job.fn = job.args = None  # type: ignore[assignment]
-                job.done.set()
-                del job
+        _serve(self._jobs)
         # Shutting down: whatever CUDA objects are garbage die here, context current.
         gc.collect()
         context.pop()
         context.detach()
+
+    def _build_main(self) -> None:
+        """The ``cuda-build`` thread: the owner's context pushed for its whole life,
+        popped (never detached) when the owner shuts down."""
+        context = self._context
+        context.push()
+        try:
+            _serve(self._build_jobs)
+            gc.collect()  # a build's garbage dies here, context current
+        finally:
+            context.pop()
 
     # -- any thread --------------------------------------------------------------------
 
@@ -164,16 +192,44 @@ class CudaOwner:
     def on_owner_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    def on_build_thread(self) -> bool:
+        return threading.current_thread() is self._builder
+
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the owner thread with the context current; return its
         result or raise its exception (without its traceback)."""
         if self.on_owner_thread():
             return fn(*args)
+        return self._submit(self._jobs, fn, args)
+
+    def call_build(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the ``cuda-build`` thread, the context current there
+        too, so that the owner thread goes on serving inferences meanwhile (a TensorRT
+        build). ``fn`` must make and drop its CUDA and TensorRT objects itself and
+        return plain data (a serialized plan), never an object bound to the context."""
+        if self.on_owner_thread() or self.on_build_thread():
+            return fn(*args)
+        with self._lock:
+            if self._closed:
+                raise CudaUnavailable("the CUDA owner has shut down")
+            if self._builder is None:
+                self._builder = threading.Thread(
+                    target=self._build_main, name=f"{self._name}-build", daemon=True
+                )
+                self._builder.start()
+        return self._submit(self._build_jobs, fn, args)
+
+    def _submit(
+        self,
+        jobs: "queue.Queue[Optional[_Job]]",
+        fn: Callable[..., T],
+        args: Tuple[Any, ...],
+    ) -> T:
         job = _Job(fn, args)
         with self._lock:
             if self._closed:
                 raise CudaUnavailable("the CUDA owner has shut down")
-            self._jobs.put(job)
+            jobs.put(job)
         job.done.wait()
         result, error = job.result, job.error
         del job, fn, args  # no frame of this call may keep CUDA objects alive (cycles)
@@ -222,7 +278,12 @@ class CudaOwner:
             if self._users:
                 log.warning("CUDA owner shut down with %d users left", self._users)
             self._shared.clear()
-            self._jobs.put(None)
+            builder = self._builder
+            if builder is not None:
+                self._build_jobs.put(None)  # pops the context before the owner frees it
+        if builder is not None and not self.on_build_thread():
+            builder.join(timeout_s)
+        self._jobs.put(None)
         if not self.on_owner_thread():
             self._thread.join(timeout_s)
 

@@ -26,10 +26,12 @@ API generations, chosen by what the engine object offers:
 
 Threads and lifetimes (:mod:`engines.cuda_owner`): the process has one CUDA
 context, made on and kept current by one thread; every call below that touches
-TensorRT or CUDA (build, load, run, close) runs there, whichever thread asks, and
-every object is destroyed there in a fixed order (:meth:`TensorRTBackend._destroy`,
-:meth:`TensorRTToolchain._build`). Restarts reuse the context. TensorRT's one
-logger is made once per process (:class:`TensorRTLog`).
+TensorRT or CUDA (load, run, close) runs there, whichever thread asks, and every
+object is destroyed there in a fixed order (:meth:`TensorRTBackend._destroy`).
+Builds run on the owner's second thread, ``cuda-build``, with the same context
+pushed, so that inferences go on during a minutes-long build; a build's objects
+live and die within it (:meth:`TensorRTToolchain._build`). Restarts reuse the
+context. TensorRT's one logger is made once per process (:class:`TensorRTLog`).
 
 ``tensorrt`` and ``pycuda`` are imported only by :func:`import_tensorrt`; tests
 pass stand-ins for both modules to :class:`TensorRTToolchain`.
@@ -123,8 +125,9 @@ class TensorRTLog:
     per toolchain would leave a restarted toolchain blind, and a freed one dangling).
 
     It writes to the ``emotion_agent.engines`` Python logger and hands ERROR and
-    INTERNAL_ERROR messages to every :class:`ErrorCapture` open at the time: builds
-    and loads run one at a time on the CUDA owner thread, so those are theirs.
+    INTERNAL_ERROR messages to every :class:`ErrorCapture` open at the time: loads run
+    one at a time on the CUDA owner thread and builds one at a time on its build
+    thread, so those are theirs (a load during a build reports its errors to both).
     Made once per process (:meth:`CudaOwner.shared`), never freed.
     """
 
@@ -524,7 +527,8 @@ class TensorRTToolchain(Toolchain):
     @property
     def fast_fp16(self) -> bool:
         if self._fast_fp16 is None:
-            self._fast_fp16 = self.owner.call(self._probe_fast_fp16)
+            # it makes a builder: on the build thread (after a build running there)
+            self._fast_fp16 = self.owner.call_build(self._probe_fast_fp16)
         return self._fast_fp16
 
     def _probe_fast_fp16(self) -> bool:
@@ -574,12 +578,15 @@ class TensorRTToolchain(Toolchain):
 
     def build(self, spec: ModelSpec, temp: Path) -> None:
         fp16 = self.fast_fp16
-        self.owner.call(self._build, spec, temp, fp16)
+        # On the cuda-build thread: the loop's inferences go on meanwhile (the secondary
+        # stage's model is built while the loop runs; minutes on a Jetson).
+        self.owner.call_build(self._build, spec, temp, fp16)
 
     def _build(self, spec: ModelSpec, temp: Path, fp16: bool) -> None:
-        """On the owner thread. The builder's objects die here, before it returns, in
-        the order parser, config, network, builder (the parser owns weights the network
-        uses until the plan is built)."""
+        """On the owner's build thread, context current. The builder's objects die
+        here, before it returns, in the order parser, config, network, builder (the
+        parser owns weights the network uses until the plan is built); only the plan
+        file leaves it."""
         trt = self.trt
         builder = network = parser = config = plan = recorder = None
         with self._trt_log.capture() as errors:

@@ -159,7 +159,7 @@ def test_build_prepares_the_secondary_model_from_its_own_manifest(setup, tmp_pat
     loads, the secondary stage's included; ``clean --stale`` keeps that engine."""
     from tests.test_secondary_stage import secondary_manifest
 
-    args, cache, _ = setup
+    args, _, _ = setup
     fine = secondary_manifest(tmp_path / "fine")
     args = [
         *args,

@@ -95,13 +95,22 @@ def strict_machines():
         assert machine.gpu.violations == []
 
 
+BUILD_KINDS = {"IBuilder", "INetworkDefinition", "IParser", "IBuilderConfig"}
+
+
 def assert_all_tensorrt_objects_died_on_the_cuda_thread(machine):
-    """Every TensorRT object made was destroyed, on the owner thread, context current."""
+    """Every TensorRT object made was destroyed, context current, on the thread that
+    made it: a build's objects on the owner's build thread (``cuda-build``), the
+    runtime, engines and execution contexts on the owner thread (``cuda``)."""
     gc.collect()
     made = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "create")
     died = Counter(kind for event, kind, *_ in machine.gpu.lifetimes if event == "destroy")
     assert made == died, f"alive: {made - died}"
-    wrong = [e for e in machine.gpu.lifetimes if e[2] != "cuda" or not e[3]]
+    wrong = [
+        e
+        for e in machine.gpu.lifetimes
+        if e[2] != ("cuda-build" if e[1] in BUILD_KINDS else "cuda") or not e[3]
+    ]
     assert wrong == []
 
 
@@ -533,6 +542,49 @@ def test_a_failed_preparation_releases_everything(tmp_path, models):
         prepare_engines(manifest, ["alpha", "nope"], settings(tmp_path), env=machine.env())
     assert process_owner(machine.cuda).users == 0
     assert machine.gpu.memory == {} and machine.gpu.stats["host_alive"] == 0
+    assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)
+
+
+def test_a_build_does_not_hold_up_the_inferences_of_running_backends(tmp_path, models, monkeypatch):
+    """The secondary stage's model is built while the loop runs (minutes on a Jetson):
+    the build runs on the owner's build thread, so the loop's inferences, which run on
+    the owner thread, go on meanwhile (on the owner thread alone they would wait)."""
+    from engines.tensorrt_backend import TensorRTToolchain
+
+    _, manifest = models
+    machine = Machine()
+    backends = prepare_engines(manifest, ["alpha"], settings(tmp_path), env=machine.env())
+    building, release = threading.Event(), threading.Event()
+    check = TensorRTToolchain._check_network
+
+    def slow_check(self, spec, network):  # inside the build, context current
+        building.set()
+        assert release.wait(30)
+        return check(self, spec, network)
+
+    monkeypatch.setattr(TensorRTToolchain, "_check_network", slow_check)
+    built = {}
+    build = threading.Thread(
+        target=lambda: built.update(
+            prepare_engines(manifest, ["beta"], settings(tmp_path), env=machine.env())
+        ),
+        name="secondary",
+    )
+    build.start()
+    try:
+        assert building.wait(30)
+        loop = threading.Thread(
+            target=check_numbers, args=(backends["alpha"], models[0]["alpha"], (2, 1)), name="loop"
+        )
+        loop.start()
+        loop.join(10)
+        assert not loop.is_alive(), "the inference waited for the build"
+    finally:
+        release.set()
+        build.join(30)
+    check_numbers(built["beta"], models[0]["beta"], batches=(3,))
+    for backend in (*backends.values(), *built.values()):
+        backend.close()
     assert_all_tensorrt_objects_died_on_the_cuda_thread(machine)
 
 

@@ -116,6 +116,60 @@ def test_one_owner_across_threads_and_restarts_leaks_nothing(cuda):
         shutdown_process_owner(cuda)
 
 
+def test_the_build_thread_shares_the_context_and_does_not_hold_up_the_owner(owner, cuda):
+    """``CudaOwner.call_build`` (TensorRT builds): the ``cuda-build`` thread has the
+    owner's context pushed (same handle), allocates, runs a kernel and frees there
+    (memory comes back), and while one of its jobs is held the owner thread still
+    runs kernels; at shutdown it pops the context before the owner frees it."""
+    kept = {"module": compile_affine(owner)}
+
+    def context_handle() -> int:
+        return int(cuda.Context.get_current().handle)
+
+    before = free_mib(owner)
+    held = threading.Event()
+    release = threading.Event()
+
+    def build_job() -> "np.ndarray":  # everything made and freed within the job
+        function = kept["module"].get_function("affine")
+        x = cuda.mem_alloc(256 * MIB)
+        y = cuda.mem_alloc(N * 4)
+        cuda.memcpy_htod(x, np.arange(N, dtype=np.float32))
+        launch(function, int(y), int(x), N)
+        cuda.Context.synchronize()
+        out = np.empty(N, np.float32)
+        cuda.memcpy_dtoh(out, y)
+        held.set()
+        assert release.wait(60)
+        del x, y
+        return out
+
+    result: dict = {}
+    builder = threading.Thread(
+        target=lambda: result.update(out=owner.call_build(build_job)), name="secondary"
+    )
+    builder.start()
+    try:
+        assert held.wait(60)
+        done = threading.Event()
+
+        def owner_kernel() -> None:
+            owner.call(lambda: cuda.Context.synchronize())
+            done.set()
+
+        runner = threading.Thread(target=owner_kernel, name="loop")
+        runner.start()
+        assert done.wait(30), "the owner thread waited for a job of the build thread"
+        runner.join()
+    finally:
+        release.set()
+        builder.join(60)
+    np.testing.assert_array_equal(result["out"], 2 * np.arange(N, dtype=np.float32) + 1)
+    assert owner.call_build(context_handle) == owner.call(context_handle)
+    assert before - free_mib(owner) < 16, "the build thread's 256 MiB did not come back"
+    drop_on(owner, kept)
+
+
 def test_real_pycuda_leaks_a_context_detached_on_another_thread(cuda):
     """What the fake pycuda models (tests/fakes/pycuda.py): a context made on one
     thread and detached on another is not freed, silently. The bug this work fixed;

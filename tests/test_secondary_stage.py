@@ -21,8 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.config.models import AgentConfig
 from agent.doctor.secondary import check_secondary
 from agent.events.fine import FineEmotion, FineEmotionsEvent
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import InboundMessage
-from agent.mqtt.fleet import FleetView
 from agent.mqtt.messages import render_event
 from agent.mqtt.service import MqttService
 from agent.pipeline.secondary import SecondaryWorker, square_crop, top_k

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from agent.config import AgentConfig
+from agent.perception.runners import BufferedRunner
 from engines.backend import Backend
 from engines.manifest import LoadedManifest, ResolvedModel
 from engines.prepare import EngineSettings, prepare_engines
@@ -67,7 +68,7 @@ def secondary_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-class EngineRunner:
+class EngineRunner(BufferedRunner):
     """A backend as a perception runner: ``runner(batch)`` copies the batch in;
     ``input_buffer(n)`` + ``run_buffer(n)`` run on data written in place."""
 

@@ -21,9 +21,8 @@ from agent.config import AgentConfig
 from agent.engine_runners import EngineRunner, prepare_runners, runner_factory, secondary_settings
 from agent.events.sinks import EventSink
 from agent.perception.factory import build_perception, manifest_for
-from agent.perception.frame import Runner
 from agent.perception.preprocess import prepare_image
-from agent.perception.runners import timed
+from agent.perception.runners import Runner, timed
 from agent.platform import detect_platform
 from agent.realtime.loop import Loop, LoopSettings
 from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics

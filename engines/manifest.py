@@ -70,7 +70,7 @@ LandmarkNormalization = Literal["centered_aligned_rms", "crop_unit", "pixels"]
 class LandmarksInput(_Strict):
     """68 (x, y) landmarks flattened to 136 values.
 
-    ``normalization`` names the contract (engines/landmarks.py implements each):
+    ``normalization`` names the contract (agent/perception/landmarks.py implements each):
     ``centered_aligned_rms``: centroid at 0, eyes level, RMS radius 1 (ours);
     ``crop_unit``: 0..1 relative to the face crop; ``pixels``: image pixels.
     """
@@ -118,7 +118,7 @@ class BlazeFaceDecoding(_Strict):
     centres (cell + ``anchor_offset``) / cells, fixed size 1. Per anchor the regressor
     holds (x, y, w, h) and ``keypoints`` (x, y) pairs in input pixels, positions relative
     to the anchor centre; scores are sigmoid(clip(logit, +-``score_clip``)); then
-    MediaPipe's weighted NMS. The decoder is agent/perception/blazeface.py.
+    MediaPipe's weighted NMS. The decoder is agent/perception/decoders/blazeface.py.
     """
 
     kind: Literal["blazeface"] = "blazeface"

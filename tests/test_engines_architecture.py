@@ -111,3 +111,22 @@ def test_the_shared_protocol_imports_no_device_machinery():
         path = REPO / "agent" / "mqtt" / f"{name}.py"
         for module in _agent_modules(path):
             assert _within(module, FLEET_MAY_IMPORT), f"{path.name} imports {module}"
+
+
+def test_decoders_are_reached_only_through_the_registry():
+    # agent/perception/decoders/__init__.py maps manifest postprocessing kinds to decoder
+    # modules; the rest of the agent names none of those modules
+    decoders = REPO / "agent" / "perception" / "decoders"
+    for path in sorted((REPO / "agent").rglob("*.py")):
+        if decoders in path.parents:
+            continue
+        for module in _agent_modules(path):
+            assert not module.startswith("agent.perception.decoders."), (
+                f"{path.relative_to(REPO)} imports {module}: use the registry"
+            )
+
+
+def test_the_engines_layer_holds_no_model_decoding():
+    # backends, manifest, cache, builds: what turns outputs into faces is perception's
+    names = {path.stem for path in (REPO / "engines").glob("*.py")}
+    assert not names & {"faceapi", "landmarks", "blazeface", "decoders"}, names

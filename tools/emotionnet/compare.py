@@ -37,7 +37,7 @@ REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from engines.landmarks import normalize  # noqa: E402
+from agent.perception.landmarks import normalize  # noqa: E402
 from engines.manifest import load_manifest  # noqa: E402
 from tools.emotionnet import extract_fer  # noqa: E402
 from tools.emotionnet import extract_landmarks as ex  # noqa: E402

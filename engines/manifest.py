@@ -12,12 +12,13 @@ A model whose file does not match its sha256 is refused with a clear error
 This module depends on nothing in ``agent``.
 """
 
-import hashlib
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engines.digest import file_sha256
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED_MANIFEST = BUNDLED_DIR / "manifest.yaml"
@@ -434,17 +435,6 @@ class LoadedManifest:
         model = self.resolve(name, task)
         verify_sha256(model)
         return model
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(model: ResolvedModel) -> None:

@@ -10,6 +10,7 @@ ENGINE_MODULES = [
     "engines.backend",
     "engines.cache",
     "engines.cuda_owner",
+    "engines.digest",
     "engines.locking",
     "engines.onnxruntime_backend",
     "engines.prepare",

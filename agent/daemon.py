@@ -19,7 +19,6 @@
   :meth:`Daemon.restart_pipeline` (serialised with SIGHUP and shutdown).
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +27,6 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
 from agent.realtime.metrics import MetricsSnapshot
-from agent.realtime.secondary import SecondaryWorker
 from agent.runtime import Runtime, build_runtime
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
@@ -45,12 +43,8 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.loop_stats import (
-    PipelineSnapshot,
-    SecondarySnapshot,
-    StageSnapshot,
-    status_line,
-)
+from agent.telemetry.loop_stats import loop_telemetry, status_line
+from agent.telemetry.models import PipelineTelemetry
 from engines.progress import BuildReporter
 
 if TYPE_CHECKING:
@@ -63,31 +57,6 @@ LOOP_DEADLINE_S = 30.0
 #: The outbox's writer beats every round: at least once a minute when idle, every few
 #: seconds while the disk fails. Longer means it hangs (a dead SD card in fsync).
 OUTBOX_DEADLINE_S = 180.0
-
-
-def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapshot:
-    """The loop's metrics in telemetry's terms (the outbox depth comes from the publisher)."""
-    from agent.telemetry.loop_stats import ModelSnapshot
-
-    return PipelineSnapshot(
-        stages=[StageSnapshot(s.name, s.fps, s.p50_ms, s.p95_ms, s.p99_ms) for s in snap.stages],
-        frames_captured=snap.frames_captured,
-        frames_processed=snap.frames_processed,
-        frames_dropped=snap.frames_dropped,
-        faces=snap.faces,
-        events_total=snap.events,
-        models=[ModelSnapshot("pipeline", "all", backend)],
-    )
-
-
-def secondary_snapshot(worker: Optional[SecondaryWorker]) -> Optional[SecondarySnapshot]:
-    if worker is None:
-        return None
-    s = worker.stats()
-    return SecondarySnapshot(
-        worker.name, s.state, s.rate_hz, s.runs, s.runs_per_s, s.refused, s.not_ready,
-        s.errors, s.latency_ms_p50, s.latency_ms_p95, s.error,
-    )  # fmt: skip
 
 
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
@@ -368,22 +337,20 @@ class Daemon:
             self._telemetry.collector.close()
             self._telemetry = None
 
-    def telemetry_snapshot(self) -> Optional[PipelineSnapshot]:
-        """The loop's snapshot in telemetry's terms, with the outbox depth."""
-        snap = self.snapshot()
-        runtime = self.runtime
+    def telemetry_snapshot(self) -> Optional[PipelineTelemetry]:
+        """The loop's statistics as telemetry carries them, with the outbox depth."""
+        runtime = self.runtime  # read once: a restart sets it to None meanwhile
+        snap = runtime.snapshot() if runtime is not None else None
         if snap is None or runtime is None:
             return None
-        return dataclasses.replace(
-            to_pipeline_snapshot(snap, runtime.backend),
-            secondary=secondary_snapshot(runtime.secondary),
-            fps=snap.fps,
-            latency_ms_p50=snap.latency_ms.get("p50"),
-            latency_ms_p95=snap.latency_ms.get("p95"),
-            camera_state=snap.source_state,
-            queue_depth=snap.queue_depth,
+        worker = runtime.secondary
+        return loop_telemetry(
+            snap,
+            backend=runtime.backend,
             outbox_depth=self.mqtt.outbox_depth() if self.mqtt is not None else 0,
-            tensorrt_failed=tuple(runtime.tensorrt_failed),
+            tensorrt_failed=runtime.tensorrt_failed,
+            secondary_model=worker.name if worker is not None else None,
+            secondary=worker.stats() if worker is not None else None,
         )
 
     # -- status ----------------------------------------------------------------

@@ -26,9 +26,10 @@ from agent.mqtt.client import InboundMessage
 from agent.mqtt.messages import render_event
 from agent.mqtt.service import MqttService
 from agent.platform import PlatformInfo
-from agent.realtime.secondary import SecondaryWorker, square_crop, top_k
+from agent.realtime.metrics import MetricsSnapshot
+from agent.realtime.secondary import SecondaryStats, SecondaryWorker, square_crop, top_k
 from agent.runtime import build_runtime, refuse_if_too_big, secondary_model
-from agent.telemetry.loop_stats import PipelineSnapshot, SecondarySnapshot, status_line, to_wire
+from agent.telemetry.loop_stats import loop_telemetry, status_line
 from agent.telemetry.models import TelemetryMessage
 from engines.manifest import file_sha256, load_manifest
 from tests.conftest import REPO
@@ -314,12 +315,16 @@ def test_both_event_kinds_share_the_events_topic_and_one_sequence(mosquitto, tmp
 
 
 def test_telemetry_reports_the_stage():
-    snap = PipelineSnapshot(
-        secondary=SecondarySnapshot("siglip2_emotion_heads", "loading", 1.0, not_ready=12)
+    stats = SecondaryStats("loading", 1.0, 0, 0, 12, 0, None, None, None, None)
+    wire = loop_telemetry(
+        MetricsSnapshot(0, 0, 0, 0, 0.0, 0, None, {}, {}),
+        backend="onnxruntime",
+        secondary_model="siglip2_emotion_heads",
+        secondary=stats,
     )
-    wire = to_wire(snap)
     assert wire.secondary.state == "loading" and wire.secondary.not_ready == 12
-    assert "secondary loading" in status_line(snap)
+    assert wire.secondary.model == "siglip2_emotion_heads"
+    assert "secondary loading" in status_line(wire)
     message = TelemetryMessage.model_validate(
         {"device_id": "d", "fleet": "f", "timestamp": NOW, "agent": {"version": "1",
          "uptime_s": 1}, "device": {}, "pipeline": wire.model_dump()}

@@ -22,28 +22,20 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.loop_stats import (
-    ModelSnapshot,
-    PipelineSnapshot,
-    PipelineSnapshotProvider,
-    StageSnapshot,
-    status_line,
-)
+from agent.telemetry.loop_stats import LoopStatsProvider, loop_telemetry, status_line
 from agent.telemetry.models import SCHEMA_VERSION, DeviceTelemetry, TelemetryMessage
 
 __all__ = [
     "SCHEMA_VERSION",
     "DeviceSource",
     "DeviceTelemetry",
-    "ModelSnapshot",
-    "PipelineSnapshot",
-    "PipelineSnapshotProvider",
-    "StageSnapshot",
+    "LoopStatsProvider",
     "TelemetryCollector",
     "TelemetryMessage",
     "TelemetryReporter",
     "TelemetrySink",
     "config_hash",
     "default_sources",
+    "loop_telemetry",
     "status_line",
 ]

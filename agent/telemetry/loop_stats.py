@@ -1,14 +1,17 @@
-"""What the real-time loop hands to telemetry: a snapshot of its counters.
+"""The real-time loop's statistics as telemetry carries them: one shape, the wire
+model (:class:`PipelineTelemetry`, the telemetry message's ``pipeline`` section).
 
-The loop (a later issue) implements :class:`PipelineSnapshotProvider`: a
-callable that returns a :class:`PipelineSnapshot` (or ``None`` while it is not
-running). Telemetry never reaches into the loop; it only calls the provider.
-The same snapshot gives systemd's one-line ``STATUS=`` (:func:`status_line`).
+:func:`loop_telemetry` makes it from the loop's own metrics (and what the runtime and
+the publisher add: backend, TensorRT failures, the secondary stage, the outbox depth).
+The daemon provides it to the collector through a :class:`LoopStatsProvider` (a
+callable; ``None`` while no loop runs): telemetry never reaches into the loop. The
+same message gives systemd's one-line ``STATUS=`` (:func:`status_line`).
 """
 
-from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
+from agent.realtime.metrics import MetricsSnapshot
+from agent.realtime.secondary import SecondaryStats
 from agent.telemetry.models import (
     ModelTelemetry,
     PipelineTelemetry,
@@ -17,141 +20,97 @@ from agent.telemetry.models import (
 )
 
 
-@dataclass(frozen=True)
-class StageSnapshot:
-    name: str
-    fps: Optional[float] = None
-    latency_ms_p50: Optional[float] = None
-    latency_ms_p95: Optional[float] = None
-    latency_ms_p99: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class ModelSnapshot:
-    role: str
-    name: str
-    backend: str
-    engine: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class SecondarySnapshot:
-    model: str
-    state: str
-    rate_hz: float
-    runs: int = 0
-    runs_per_s: Optional[float] = None
-    refused: int = 0
-    not_ready: int = 0
-    errors: int = 0
-    latency_ms_p50: Optional[float] = None
-    latency_ms_p95: Optional[float] = None
-    error: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class PipelineSnapshot:
-    fps: Optional[float] = None
-    latency_ms_p50: Optional[float] = None
-    latency_ms_p95: Optional[float] = None
-    stages: Sequence[StageSnapshot] = field(default_factory=tuple)
-    camera_state: Optional[str] = None
-    frames_captured: int = 0
-    frames_processed: int = 0
-    frames_dropped: int = 0
-    faces: int = 0
-    events_total: int = 0
-    queue_depth: int = 0
-    outbox_depth: int = 0
-    models: Sequence[ModelSnapshot] = field(default_factory=tuple)
-    tensorrt_failed: Sequence[str] = field(default_factory=tuple)
-    secondary: Optional[SecondarySnapshot] = None
-
-
-class PipelineSnapshotProvider(Protocol):
-    def __call__(self) -> Optional[PipelineSnapshot]: ...
+class LoopStatsProvider(Protocol):
+    def __call__(self) -> Optional[PipelineTelemetry]: ...
 
 
 def _round(value: Optional[float], digits: int = 2) -> Optional[float]:
     return None if value is None else round(float(value), digits)
 
 
-def to_wire(snapshot: PipelineSnapshot) -> PipelineTelemetry:
-    """The snapshot as the telemetry message's ``pipeline`` section."""
+def loop_telemetry(
+    metrics: MetricsSnapshot,
+    *,
+    backend: str,
+    outbox_depth: int = 0,
+    tensorrt_failed: Sequence[str] = (),
+    secondary_model: Optional[str] = None,
+    secondary: Optional[SecondaryStats] = None,
+) -> PipelineTelemetry:
+    """The loop's metrics in the wire's terms (rates and latencies to 2 decimals)."""
     return PipelineTelemetry(
-        fps=_round(snapshot.fps),
-        latency_ms_p50=_round(snapshot.latency_ms_p50),
-        latency_ms_p95=_round(snapshot.latency_ms_p95),
+        fps=_round(metrics.fps),
+        latency_ms_p50=_round(metrics.latency_ms.get("p50")),
+        latency_ms_p95=_round(metrics.latency_ms.get("p95")),
         stages=[
             StageTelemetry(
                 name=s.name,
                 fps=_round(s.fps),
-                latency_ms_p50=_round(s.latency_ms_p50),
-                latency_ms_p95=_round(s.latency_ms_p95),
-                latency_ms_p99=_round(s.latency_ms_p99),
+                latency_ms_p50=_round(s.p50_ms),
+                latency_ms_p95=_round(s.p95_ms),
+                latency_ms_p99=_round(s.p99_ms),
             )
-            for s in snapshot.stages
+            for s in metrics.stages
         ],
-        camera_state=snapshot.camera_state,
-        frames_captured=snapshot.frames_captured,
-        frames_processed=snapshot.frames_processed,
-        frames_dropped=snapshot.frames_dropped,
-        faces=snapshot.faces,
-        events_total=snapshot.events_total,
-        queue_depth=snapshot.queue_depth,
-        outbox_depth=snapshot.outbox_depth,
-        models=[
-            ModelTelemetry(role=m.role, name=m.name, backend=m.backend, engine=m.engine)
-            for m in snapshot.models
-        ],
-        tensorrt_failed=list(snapshot.tensorrt_failed),
-        secondary=_secondary(snapshot.secondary),
+        camera_state=metrics.source_state,
+        frames_captured=metrics.frames_captured,
+        frames_processed=metrics.frames_processed,
+        frames_dropped=metrics.frames_dropped,
+        faces=metrics.faces,
+        events_total=metrics.events,
+        queue_depth=metrics.queue_depth,
+        outbox_depth=outbox_depth,
+        models=[ModelTelemetry(role="pipeline", name="all", backend=backend)],
+        tensorrt_failed=list(tensorrt_failed),
+        secondary=(
+            None
+            if secondary is None or secondary_model is None
+            else secondary_telemetry(secondary_model, secondary)
+        ),
     )
 
 
-def _secondary(snap: Optional[SecondarySnapshot]) -> Optional[SecondaryTelemetry]:
-    if snap is None:
-        return None
+def secondary_telemetry(model: str, s: SecondaryStats) -> SecondaryTelemetry:
     return SecondaryTelemetry(
-        model=snap.model,
-        state=snap.state,  # type: ignore[arg-type]
-        rate_hz=snap.rate_hz,
-        runs=snap.runs,
-        runs_per_s=_round(snap.runs_per_s),
-        refused=snap.refused,
-        not_ready=snap.not_ready,
-        errors=snap.errors,
-        latency_ms_p50=_round(snap.latency_ms_p50),
-        latency_ms_p95=_round(snap.latency_ms_p95),
-        error=snap.error,
+        model=model,
+        state=s.state,
+        rate_hz=s.rate_hz,
+        runs=s.runs,
+        runs_per_s=_round(s.runs_per_s),
+        refused=s.refused,
+        not_ready=s.not_ready,
+        errors=s.errors,
+        latency_ms_p50=_round(s.latency_ms_p50),
+        latency_ms_p95=_round(s.latency_ms_p95),
+        error=s.error,
     )
 
 
-def status_line(snapshot: Optional[PipelineSnapshot]) -> str:
+def status_line(pipeline: Optional[PipelineTelemetry]) -> str:
     """One line for systemd's STATUS= (``systemctl status`` shows it).
 
-    >>> status_line(PipelineSnapshot(stages=[StageSnapshot("emotion", fps=14.96)], faces=2))
+    >>> status_line(PipelineTelemetry(stages=[StageTelemetry(name="emotion", fps=14.96)], faces=2))
     'running: 15.0 fps, 2 faces, 0 events, outbox 0, dropped 0'
     """
-    if snapshot is None:
+    if pipeline is None:
         return "starting"
-    fps = snapshot.fps
+    fps = pipeline.fps
     if fps is None:
-        for stage in reversed(list(snapshot.stages)):  # the last stage's rate: the output rate
+        for stage in reversed(pipeline.stages):  # the last stage's rate: the output rate
             if stage.fps is not None:
                 fps = stage.fps
                 break
     rate = f"{fps:.1f} fps" if fps is not None else "no frames yet"
-    backends = sorted({m.backend for m in snapshot.models})
+    backends = sorted({m.backend for m in pipeline.models})
     text = (
-        f"running: {rate}, {snapshot.faces} faces, {snapshot.events_total} events, "
-        f"outbox {snapshot.outbox_depth}, dropped {snapshot.frames_dropped}"
+        f"running: {rate}, {pipeline.faces} faces, {pipeline.events_total} events, "
+        f"outbox {pipeline.outbox_depth}, dropped {pipeline.frames_dropped}"
     )
     if backends:
         text += ", " + "+".join(backends)
-    if snapshot.tensorrt_failed:
-        text += f", TensorRT FAILED for {len(snapshot.tensorrt_failed)} model(s)"
-    secondary = snapshot.secondary
+    if pipeline.tensorrt_failed:
+        text += f", TensorRT FAILED for {len(pipeline.tensorrt_failed)} model(s)"
+    secondary = pipeline.secondary
     if secondary is not None and secondary.state != "ready":
         text += f", secondary {secondary.state}"
     return text

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config.models import ModelsConfig, SecondaryConfig
 from agent.perception.runners import BufferedRunner
 from engines.backend import Backend
 from engines.manifest import LoadedManifest, ResolvedModel
@@ -24,8 +24,7 @@ from engines.progress import BuildReporter, OnBuilding
 Record = Callable[[float, float], None]  # (end time, milliseconds)
 
 
-def engine_settings(config: AgentConfig) -> EngineSettings:
-    models = config.models
+def engine_settings(models: ModelsConfig) -> EngineSettings:
     return EngineSettings(
         cache_dir=models.engine_cache_dir,
         backend=models.backend,
@@ -35,36 +34,37 @@ def engine_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-def main_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
+def main_models(models: ModelsConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
     """The models of the real-time loop (prepared before it starts); with ``manifest``,
     a fused ``models.emotion`` as its member models."""
-    emotion = [config.models.emotion]
+    emotion = [models.emotion]
     if manifest is not None:
-        emotion = manifest.members(config.models.emotion)
-    names = [config.models.detector, config.models.landmarks, *emotion]
+        emotion = manifest.members(models.emotion)
+    names = [models.detector, models.landmarks, *emotion]
     return list(dict.fromkeys(names))
 
 
-def selected_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
+def selected_models(
+    models: ModelsConfig, secondary: SecondaryConfig, manifest: Optional[LoadedManifest] = None
+) -> List[str]:
     """The models the daemon runs with this configuration that ``models.manifest`` lists:
     the loop's (with ``manifest``: a fused ``models.emotion`` as its member models), and
     the secondary model unless it has a manifest of its own
     (``pipeline.secondary.manifest``, see :func:`secondary_settings`)."""
-    names = main_models(config, manifest)
-    secondary = config.pipeline.secondary
+    names = main_models(models, manifest)
     if secondary.enabled and secondary.manifest is None:
         names.append(secondary.model)
     return list(dict.fromkeys(names))
 
 
-def secondary_settings(config: AgentConfig) -> EngineSettings:
+def secondary_settings(models: ModelsConfig, secondary: SecondaryConfig) -> EngineSettings:
     """The secondary model's engine settings: batch 1, its own ONNX Runtime threads.
     Its engine key is what it would be with the main settings (threads are not part
     of a key), so ``engines clean`` and the daemon agree on it."""
     return dataclasses.replace(
-        engine_settings(config),
+        engine_settings(models),
         max_batch=1,
-        onnxruntime_threads=config.pipeline.secondary.threads,
+        onnxruntime_threads=secondary.threads,
     )
 
 
@@ -109,7 +109,7 @@ class EngineRunner(BufferedRunner):
 
 
 def prepare_runners(
-    config: AgentConfig,
+    models: ModelsConfig,
     manifest: LoadedManifest,
     record: Callable[[str], Optional[Record]] = lambda name: None,
     reporter: Optional[BuildReporter] = None,
@@ -117,9 +117,9 @@ def prepare_runners(
 ) -> Dict[str, EngineRunner]:
     """One runner per model of the loop (raises engines.prepare.EnginePreparationError);
     the secondary model is prepared by its worker (agent.runtime.secondary_loader)."""
-    names = main_models(config, manifest)
+    names = main_models(models, manifest)
     backends = prepare_engines(
-        manifest, names, engine_settings(config), reporter=reporter, on_building=on_building
+        manifest, names, engine_settings(models), reporter=reporter, on_building=on_building
     )
     runners = {}
     for name, backend in backends.items():

@@ -198,7 +198,7 @@ def secondary_loader(
         backends = prepare_engines(
             manifest,
             [name],
-            secondary_settings(config),
+            secondary_settings(config.models, config.pipeline.secondary),
             reporter=reporter,
             on_building=on_building,
         )
@@ -241,7 +241,7 @@ def build_runtime(
 ) -> Runtime:
     """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
     metrics = PipelineMetrics()
-    manifest = manifest_for(config)
+    manifest = manifest_for(config.models)
     roles = {
         config.models.detector: "detector",
         config.models.landmarks: "landmarks",
@@ -260,7 +260,7 @@ def build_runtime(
     tensorrt_failed: List[str] = []
     if make_runner is None:
         runners = prepare_runners(
-            config, manifest, record=record, reporter=reporter, on_building=on_building
+            config.models, manifest, record=record, reporter=reporter, on_building=on_building
         )
         closers = [r.backend.close for r in runners.values()]
         tensorrt_failed = sorted(n for n, r in runners.items() if r.backend.info.tensorrt_error)
@@ -273,7 +273,7 @@ def build_runtime(
         def make(model: ResolvedModel) -> Runner:
             return timed(base(model), record(model.name))
 
-    perception = build_perception(config, make, manifest)
+    perception = build_perception(config.models, config.pipeline, make, manifest)
     labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
 
     p = config.pipeline

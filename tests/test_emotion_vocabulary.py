@@ -278,7 +278,10 @@ def test_fused_classifier_is_wired_by_name():
 
     bundled = load_manifest()
     config = AgentConfig.model_validate({"models": {"emotion": "fused"}})
-    assert selected_models(config, bundled)[-2:] == ["emotionnet", "face_expression"]
+    assert selected_models(config.models, config.pipeline.secondary, bundled)[-2:] == [
+        "emotionnet",
+        "face_expression",
+    ]
     result = check_models(config.models, config.pipeline)
     assert result.status == "ok" and "face_expression" in result.message
     assert bundled.emotion_labels("fused") == bundled.resolve("emotionnet").entry.labels

@@ -225,10 +225,12 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     config = AgentConfig.model_validate(
         {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
     )
-    runners = prepare_runners(config, MANIFEST)
+    runners = prepare_runners(config.models, MANIFEST)
     detector = runners[config.models.detector]
-    bound = build_perception(config, runner_factory(runners), MANIFEST)
-    plain = build_perception(config, lambda model: runner(model.path), MANIFEST)
+    bound = build_perception(config.models, config.pipeline, runner_factory(runners), MANIFEST)
+    plain = build_perception(
+        config.models, config.pipeline, lambda model: runner(model.path), MANIFEST
+    )
     pre = MANIFEST.resolve(config.models.detector).entry.preprocessing
     calls = []
     real = preprocess.prepare_image
@@ -279,14 +281,16 @@ def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     config = AgentConfig.model_validate(
         {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
     )
-    runners = prepare_runners(config, MANIFEST)
+    runners = prepare_runners(config.models, MANIFEST)
     try:
-        engine_perception = build_perception(config, runner_factory(runners), MANIFEST)
+        engine_perception = build_perception(
+            config.models, config.pipeline, runner_factory(runners), MANIFEST
+        )
 
         def plain(model):
             return runner(model.path)
 
-        plain_perception = build_perception(config, plain, MANIFEST)
+        plain_perception = build_perception(config.models, config.pipeline, plain, MANIFEST)
         frame = frames["faceapi-sample5.jpg"]
         engine_perception.process(frame)  # warm-up
         before = {name: r.backend.counters.bytes_copied_in for name, r in runners.items()}

@@ -32,9 +32,11 @@ def main() -> int:
 
     cv2 = cv2_module()
     config = AgentConfig()
-    manifest = manifest_for(config)
-    runners = prepare_runners(config, manifest)
-    perception = build_perception(config, lambda model: runners[model.name], manifest)
+    manifest = manifest_for(config.models)
+    runners = prepare_runners(config.models, manifest)
+    perception = build_perception(
+        config.models, config.pipeline, lambda model: runners[model.name], manifest
+    )
     landmarks = runners[config.models.landmarks]
     pre = manifest.resolve(config.models.landmarks).entry.preprocessing
     size = pre.width

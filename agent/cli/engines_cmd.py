@@ -119,13 +119,13 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
     elif args.all:
         names = manifest.names
     else:
-        names = selected_models(config, manifest)
+        names = selected_models(config.models, config.pipeline.secondary, manifest)
     reporter = default_reporter(ctx.stderr, ctx.logger)
     try:
         backends = prepare_engines(
             manifest,
             names,
-            engine_settings(config),
+            engine_settings(config.models),
             reporter=reporter,
             force=args.force,
             env=_environment(ctx),
@@ -148,7 +148,7 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _current_digests(config: AgentConfig, manifest: LoadedManifest, ctx: CliContext) -> Set[str]:
     """Digests of the keys every manifest model has on this device (primary and fallback)."""
-    settings = engine_settings(config)
+    settings = engine_settings(config.models)
     env = _environment(ctx)
     toolchains = Toolchains(settings, EngineCache(settings.cache_dir, env.now), env)
     digests: Set[str] = set()
@@ -188,7 +188,7 @@ def _row(status: EntryStatus, current: Optional[Set[str]]) -> Dict[str, Any]:
 
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    settings = engine_settings(config)
+    settings = engine_settings(config.models)
     cache = EngineCache(settings.cache_dir, EngineEnvironment().now)
     statuses = cache.entries()
     manifest = _manifest(config, ctx)
@@ -232,7 +232,7 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _verify(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    cache = EngineCache(engine_settings(config).cache_dir, EngineEnvironment().now)
+    cache = EngineCache(engine_settings(config.models).cache_dir, EngineEnvironment().now)
     statuses = cache.entries()
     if not statuses:
         print(f"no engines cached in {cache.root}", file=ctx.stdout)
@@ -258,7 +258,7 @@ def _verify(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _clean(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    cache = EngineCache(engine_settings(config).cache_dir, EngineEnvironment().now)
+    cache = EngineCache(engine_settings(config.models).cache_dir, EngineEnvironment().now)
     if args.stale:
         manifest = _manifest(config, ctx)
         if manifest is None:

@@ -72,8 +72,8 @@ def add_parser(
 
 def _connection(ctx: CliContext, name: str) -> MqttConnection:
     config = ctx.load().config
-    settings = ConnectionSettings.from_config(
-        config, client_id=f"emotion-agent-{name}-{uuid.uuid4().hex[:8]}"
+    settings = ConnectionSettings.from_mqtt(
+        config.mqtt, f"emotion-agent-{name}-{uuid.uuid4().hex[:8]}"
     )
     return MqttConnection(settings, logger=ctx.logger)
 

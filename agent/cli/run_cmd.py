@@ -189,7 +189,7 @@ def emotion_labels(config: AgentConfig) -> List[str]:
     from agent.perception.factory import manifest_for
 
     try:
-        return list(manifest_for(config).resolve(config.models.emotion).entry.labels or [])
+        return list(manifest_for(config.models).resolve(config.models.emotion).entry.labels or [])
     except (ManifestError, KeyError, ValueError):
         return []  # the run itself reports a bad manifest or model name
 
@@ -201,9 +201,12 @@ def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
     from agent.perception.factory import manifest_for
     from engines.prepare import prepare_engines
 
-    manifest = manifest_for(config)
+    manifest = manifest_for(config.models)
     backends = prepare_engines(
-        manifest, selected_models(config, manifest), engine_settings(config), force=True
+        manifest,
+        selected_models(config.models, config.pipeline.secondary, manifest),
+        engine_settings(config.models),
+        force=True,
     )
     try:
         return {name: backend.info.kind for name, backend in backends.items()}

@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.backoff import Backoff
-from agent.config import AgentConfig
+from agent.config.models import MQTTConfig
 
 log = logging.getLogger("emotion_agent.mqtt")
 
@@ -70,8 +70,9 @@ class ConnectionSettings:
     max_inflight: int = 120
 
     @classmethod
-    def from_config(cls, config: AgentConfig, **overrides: Any) -> "ConnectionSettings":
-        m = config.mqtt
+    def from_mqtt(cls, m: MQTTConfig, client_id: str, **overrides: Any) -> "ConnectionSettings":
+        """From the ``mqtt`` section, as ``client_id`` (``AgentConfig.effective_client_id``
+        for the device itself)."""
         tls = None
         if m.tls.enabled:
             tls = TLSSettings(
@@ -80,7 +81,7 @@ class ConnectionSettings:
         values: Dict[str, Any] = dict(
             host=m.host,
             port=m.port,
-            client_id=config.effective_client_id(),
+            client_id=client_id,
             protocol=m.protocol,
             transport=m.transport,
             ws_path=m.ws_path,

@@ -116,7 +116,7 @@ class Publisher:
         m = config.mqtt
         return cls(
             Topics(m.topic_prefix, config.device.fleet, config.device.id),
-            ConnectionSettings.from_config(config, **conn),  # type: ignore[arg-type]
+            ConnectionSettings.from_mqtt(m, config.effective_client_id(), **conn),
             OutboxSettings(
                 config.state_dir,
                 OutboxLimits(

@@ -19,7 +19,6 @@
   :meth:`Daemon.restart_pipeline` (serialised with SIGHUP and shutdown).
 """
 
-import dataclasses
 import logging
 import threading
 import time
@@ -27,8 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
-from agent.pipeline.metrics import MetricsSnapshot
-from agent.pipeline.secondary import SecondaryWorker
+from agent.realtime.metrics import MetricsSnapshot
 from agent.runtime import Runtime, build_runtime
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
@@ -45,12 +43,8 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.pipeline import (
-    PipelineSnapshot,
-    SecondarySnapshot,
-    StageSnapshot,
-    status_line,
-)
+from agent.telemetry.loop_stats import loop_telemetry, status_line
+from agent.telemetry.models import PipelineTelemetry
 from engines.progress import BuildReporter
 
 if TYPE_CHECKING:
@@ -65,38 +59,9 @@ LOOP_DEADLINE_S = 30.0
 OUTBOX_DEADLINE_S = 180.0
 
 
-def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapshot:
-    """The loop's metrics in telemetry's terms (the outbox depth comes from the publisher)."""
-    from agent.telemetry.pipeline import ModelSnapshot
-
-    return PipelineSnapshot(
-        stages=[StageSnapshot(s.name, s.fps, s.p50_ms, s.p95_ms, s.p99_ms) for s in snap.stages],
-        frames_captured=snap.frames_captured,
-        frames_processed=snap.frames_processed,
-        frames_dropped=snap.frames_dropped,
-        faces=snap.faces,
-        events_total=snap.events,
-        models=[ModelSnapshot("pipeline", "all", backend)],
-    )
-
-
-def secondary_snapshot(worker: Optional[SecondaryWorker]) -> Optional[SecondarySnapshot]:
-    if worker is None:
-        return None
-    s = worker.stats()
-    return SecondarySnapshot(
-        worker.name, s.state, s.rate_hz, s.runs, s.runs_per_s, s.refused, s.not_ready,
-        s.errors, s.latency_ms_p50, s.latency_ms_p95, s.error,
-    )  # fmt: skip
-
-
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     """The settings the running pipeline was built from (a change needs a restart)."""
     return config.model_dump(include={"camera", "models", "pipeline"})
-
-
-class LoopStuck(RuntimeError):
-    """The loop thread did not stop: its runtime stays allocated."""
 
 
 class Daemon:
@@ -157,10 +122,8 @@ class Daemon:
             status=self.status,
         )
         self.runtime: Optional[Runtime] = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self.processed = 0
-        self.dropped_before = 0  # of the pipelines closed so far
+        self.processed_before = 0  # of the pipelines closed so far
+        self.dropped_before = 0
         self.events_before = 0
         self._runtime_closed = False  # self.runtime was closed (its counts are folded in)
         if mqtt is not None:
@@ -183,58 +146,36 @@ class Daemon:
             reporter=self._reporter,
             on_building=self._startup.on_building,
         )
-        self._stop = threading.Event()
-        runtime, stop = self.runtime, self._stop
-
-        def work() -> None:
-            try:
-                self.processed += runtime.loop.run(runtime.ring, stop, self._max_frames)
-            except Exception:
-                log.exception("the loop failed")
-            finally:
-                if not stop.is_set():  # the source ended or max_frames: stop the agent
-                    self.lifecycle.request_stop()
-
-        if runtime.secondary is not None:
-            runtime.secondary.start()
-        runtime.capture.start()
-        self._thread = threading.Thread(target=work, name="loop", daemon=True)
-        self._thread.start()
+        # the source ended or max_frames: stop the agent
+        self.runtime.start(self._max_frames, on_end=self.lifecycle.request_stop)
 
     def _stop_capture(self) -> None:
         if self.runtime is not None:
-            self.runtime.capture.stop()
-            self.runtime.capture.join(timeout=10.0)
+            self.runtime.stop_capture(timeout_s=10.0)
 
     def _drain(self) -> None:
-        """Stop the loop and free the runtime, unless the loop thread is still inside
-        it (a hung inference call): then nothing is freed under it (the process is
-        about to end or be restarted by the watchdog) and LoopStuck is raised."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._drain_timeout_s)
-            if self._thread.is_alive():
-                raise LoopStuck(
-                    f"the loop thread did not stop within {self._drain_timeout_s:.0f} s "
-                    "(inside inference?); its runtime is not freed under it"
-                )
+        """Stop the runtime (Runtime.stop: LoopStuck when the loop thread is still
+        inside it, a hung inference call: then nothing is freed under it, the process is
+        about to end or be restarted by the watchdog) and fold its counts in."""
         runtime = self.runtime
-        if runtime is not None and not self._runtime_closed:
+        if runtime is None:
+            return
+        runtime.stop(timeout_s=self._drain_timeout_s)
+        if not self._runtime_closed:
             self._runtime_closed = True
             snap = runtime.snapshot()
+            self.processed_before += runtime.processed
             self.dropped_before += snap.frames_dropped
             self.events_before += snap.events
-            if runtime.secondary is not None:
-                runtime.secondary.stop()
-            runtime.close()
 
     def totals(self) -> Dict[str, int]:
         """Frames processed and dropped, events, over every pipeline this process ran
         (restarts by commands and SIGHUP included)."""
+        runtime = self.runtime
         snap = self.snapshot()
         live = snap is not None and not self._runtime_closed
         return {
-            "frames": self.processed,
+            "frames": self.processed_before + (runtime.processed if live and runtime else 0),
             "dropped": self.dropped_before + (snap.frames_dropped if live and snap else 0),
             "events": self.events_before + (snap.events if live and snap else 0),
         }
@@ -271,8 +212,6 @@ class Daemon:
         If that fails, the pipeline comes back with the previous configuration and the
         error is raised."""
         old = self.config
-        self._stop.set()  # first: the loop must not take the end of capture for the end
-        self._stop_capture()
         self._drain()
         self.runtime = None  # freed: the new one is built without the old one alive
         try:
@@ -368,22 +307,20 @@ class Daemon:
             self._telemetry.collector.close()
             self._telemetry = None
 
-    def telemetry_snapshot(self) -> Optional[PipelineSnapshot]:
-        """The loop's snapshot in telemetry's terms, with the outbox depth."""
-        snap = self.snapshot()
-        runtime = self.runtime
+    def telemetry_snapshot(self) -> Optional[PipelineTelemetry]:
+        """The loop's statistics as telemetry carries them, with the outbox depth."""
+        runtime = self.runtime  # read once: a restart sets it to None meanwhile
+        snap = runtime.snapshot() if runtime is not None else None
         if snap is None or runtime is None:
             return None
-        return dataclasses.replace(
-            to_pipeline_snapshot(snap, runtime.backend),
-            secondary=secondary_snapshot(runtime.secondary),
-            fps=snap.fps,
-            latency_ms_p50=snap.latency_ms.get("p50"),
-            latency_ms_p95=snap.latency_ms.get("p95"),
-            camera_state=snap.source_state,
-            queue_depth=snap.queue_depth,
+        worker = runtime.secondary
+        return loop_telemetry(
+            snap,
+            backend=runtime.backend,
             outbox_depth=self.mqtt.outbox_depth() if self.mqtt is not None else 0,
-            tensorrt_failed=tuple(runtime.tensorrt_failed),
+            tensorrt_failed=runtime.tensorrt_failed,
+            secondary_model=worker.name if worker is not None else None,
+            secondary=worker.stats() if worker is not None else None,
         )
 
     # -- status ----------------------------------------------------------------
@@ -419,7 +356,7 @@ class Daemon:
             self.watchdog.start()
             started = time.monotonic()
             while not self._first_frame.wait(0.5):
-                if self._thread is not None and not self._thread.is_alive():
+                if self.runtime is not None and not self.runtime.running:
                     break
                 if time.monotonic() - started > ready_timeout_s:
                     log.warning("no frame after %.0f s; reporting ready anyway", ready_timeout_s)

@@ -1,9 +1,12 @@
 """Assemble the running agent from the configuration: models, capture, loop.
 
-``build_runtime`` wires everything (nothing runs yet); ``Runtime.run`` starts
-capture and the secondary worker, runs the loop until ``stop`` is set (or the
-source ends, or ``max_frames``), then stops them in order. The CLI's ``run``
-and ``bench`` and, later, the service layer use it.
+``build_runtime`` wires everything (nothing runs yet). The one lifecycle of what it
+built: :meth:`Runtime.start` starts the secondary worker, capture and the loop (on
+its own thread); :meth:`Runtime.stop_capture` ends the input; :meth:`Runtime.stop`
+stops the loop, waits for it, stops the secondary worker and releases the backends;
+:meth:`Runtime.run` is start, wait, stop. The daemon (``run``, with or without MQTT,
+and ``demo``) drives start/stop around its service work; ``bench`` calls run. The
+event sink belongs to the caller, who made it: the runtime never closes it.
 """
 
 import logging
@@ -18,27 +21,26 @@ import numpy as np
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
-from agent.events.sinks import EventSink
-from agent.inference import (
+from agent.engine_runners import (
     EngineRunner,
     prepare_runners,
     runner_factory,
     secondary_settings,
     secondary_source,
 )
+from agent.events.sinks import EventSink
 from agent.perception.factory import build_perception, manifest_for
-from agent.perception.pipeline import Runner
 from agent.perception.preprocess import prepare_image
-from agent.perception.runners import timed
-from agent.pipeline.loop import Loop, LoopSettings
-from agent.pipeline.metrics import MetricsSnapshot, PipelineMetrics
-from agent.pipeline.secondary import (
+from agent.perception.runners import Runner, timed
+from agent.platform import detect_platform
+from agent.realtime.loop import Loop, LoopSettings
+from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics
+from agent.realtime.secondary import (
     SecondaryLoader,
     SecondaryModel,
     SecondarySettings,
     SecondaryWorker,
 )
-from agent.platform import detect_platform
 from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
@@ -50,6 +52,10 @@ from engines.progress import BuildReporter, OnBuilding
 log = logging.getLogger("emotion_agent.runtime")
 
 RunnerFactory = Callable[[ResolvedModel], Runner]
+
+
+class LoopStuck(RuntimeError):
+    """The loop thread did not stop: its runtime stays allocated."""
 
 
 @dataclass
@@ -65,12 +71,83 @@ class Runtime:
     closers: List[Callable[[], None]] = field(default_factory=list)
     # Models whose TensorRT engine failed to build or load (they run on ONNX Runtime).
     tensorrt_failed: List[str] = field(default_factory=list)
+    processed: int = 0  # frames the loop processed (set when it ends)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _thread: Optional[threading.Thread] = field(default=None, init=False, repr=False)
+    _stopped: bool = field(default=False, init=False, repr=False)
 
     def close(self) -> None:
         """Release the inference backends (the CUDA context goes with the last one)."""
         for close in self.closers:
             close()
         self.closers = []
+
+    # -- the lifecycle ---------------------------------------------------------------
+
+    def start(
+        self,
+        max_frames: Optional[int] = None,
+        on_end: Callable[[], None] = lambda: None,
+        stop: Optional[threading.Event] = None,
+    ) -> None:
+        """Start the secondary worker, capture, and the loop on its own thread ("loop").
+        The loop runs until :meth:`stop` (or ``stop``, when given, is set), the source
+        ends, or ``max_frames``; ``on_end`` runs on its thread when it ended by itself
+        (the source ended, ``max_frames``, a failure), not when it was stopped."""
+        if stop is not None:
+            self._stop = stop
+        halt = self._stop
+
+        def work() -> None:
+            try:
+                self.processed += self.loop.run(self.ring, halt, max_frames)
+            except Exception:
+                log.exception("the loop failed")
+            finally:
+                if not halt.is_set():
+                    on_end()
+
+        if self.secondary is not None:
+            self.secondary.start()
+        self.capture.start()
+        self._thread = threading.Thread(target=work, name="loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """The loop's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the loop has ended; True if it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def stop_capture(self, timeout_s: float = 10.0) -> None:
+        """End the input: the capture thread stops and the frame ring closes."""
+        self.capture.stop()
+        self.capture.join(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 20.0, capture_timeout_s: float = 10.0) -> None:
+        """Stop the loop (the stop flag first, so that it does not take the end of
+        capture for the end of the source), then capture; wait for the loop; stop the
+        secondary worker; release the backends. If the loop's thread does not end within
+        ``timeout_s`` (inside inference), nothing is freed under it: LoopStuck.
+        Idempotent."""
+        self._stop.set()
+        self.stop_capture(capture_timeout_s)
+        if not self.wait(timeout_s):
+            raise LoopStuck(
+                f"the loop thread did not stop within {timeout_s:.0f} s "
+                "(inside inference?); its runtime is not freed under it"
+            )
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.secondary is not None:
+            self.secondary.stop()
+        self.close()
 
     def snapshot(self) -> MetricsSnapshot:
         return self.metrics.snapshot(
@@ -81,18 +158,14 @@ class Runtime:
         )
 
     def run(self, stop: threading.Event, max_frames: Optional[int] = None) -> int:
-        if self.secondary is not None:
-            self.secondary.start()
-        self.capture.start()
+        """:meth:`start`, wait until the loop ends (``stop`` set, the source ended,
+        ``max_frames``), :meth:`stop`. The frames processed."""
+        self.start(max_frames, stop=stop)
         try:
-            return self.loop.run(self.ring, stop, max_frames)
+            self.wait()
         finally:
-            self.capture.stop()
-            self.capture.join(timeout=5.0)
-            if self.secondary is not None:
-                self.secondary.stop()
-            self.loop.sink.close()
-            self.close()
+            self.stop()
+        return self.processed
 
 
 def refuse_if_too_big(config: AgentConfig, model: ResolvedModel, root: Path = Path("/")) -> None:
@@ -131,7 +204,7 @@ def secondary_loader(
         backends = prepare_engines(
             manifest,
             [name],
-            secondary_settings(config),
+            secondary_settings(config.models, config.pipeline.secondary),
             reporter=reporter,
             on_building=on_building,
         )
@@ -174,7 +247,7 @@ def build_runtime(
 ) -> Runtime:
     """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
     metrics = PipelineMetrics()
-    manifest = manifest_for(config)
+    manifest = manifest_for(config.models)
     roles = {
         config.models.detector: "detector",
         config.models.landmarks: "landmarks",
@@ -193,7 +266,7 @@ def build_runtime(
     tensorrt_failed: List[str] = []
     if make_runner is None:
         runners = prepare_runners(
-            config, manifest, record=record, reporter=reporter, on_building=on_building
+            config.models, manifest, record=record, reporter=reporter, on_building=on_building
         )
         closers = [r.backend.close for r in runners.values()]
         tensorrt_failed = sorted(n for n, r in runners.items() if r.backend.info.tensorrt_error)
@@ -206,12 +279,12 @@ def build_runtime(
         def make(model: ResolvedModel) -> Runner:
             return timed(base(model), record(model.name))
 
-    perception = build_perception(config, make, manifest)
+    perception = build_perception(config.models, config.pipeline, make, manifest)
     labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
 
     p = config.pipeline
     secondary = None
-    own = secondary_source(config, manifest)  # None with the stage off
+    own = secondary_source(config.pipeline.secondary, manifest)  # None with the stage off
     if own is not None:
         sp = p.secondary
         own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly

@@ -32,6 +32,7 @@ from typing import Callable, Dict, Iterable, List, Literal, Optional, Set, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engines.digest import file_sha256
 from engines.locking import FileLock
 
 Kind = Literal["tensorrt", "onnxruntime"]
@@ -130,19 +131,6 @@ class EntryStatus:
             return self.entry.key.backend
         parts = self.stem.split("--")
         return parts[1] if len(parts) > 1 else "?"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> Tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
 
 
 def fsync_dir(path: Path) -> None:
@@ -258,7 +246,7 @@ class EngineCache:
             )
         if check_hash:
             try:
-                actual, _ = sha256_file(artifact)
+                actual = file_sha256(artifact)
             except OSError as exc:
                 return EntryStatus(
                     stem, sidecar, artifact, entry, f"artifact unreadable: {exc.strerror}", size
@@ -334,7 +322,7 @@ class EngineCache:
         Call with the entry's lock held.
         """
         fsync_file(temp)
-        sha256, size = sha256_file(temp)
+        sha256, size = file_sha256(temp), temp.stat().st_size
         artifact = self.artifact_path(key)
         entry = CacheEntry(
             key=key,

@@ -12,12 +12,13 @@ A model whose file does not match its sha256 is refused with a clear error
 This module depends on nothing in ``agent``.
 """
 
-import hashlib
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engines.digest import file_sha256
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "models"
 BUNDLED_MANIFEST = BUNDLED_DIR / "manifest.yaml"
@@ -70,7 +71,7 @@ LandmarkNormalization = Literal["centered_aligned_rms", "crop_unit", "pixels"]
 class LandmarksInput(_Strict):
     """68 (x, y) landmarks flattened to 136 values.
 
-    ``normalization`` names the contract (engines/landmarks.py implements each):
+    ``normalization`` names the contract (agent/perception/landmarks.py implements each):
     ``centered_aligned_rms``: centroid at 0, eyes level, RMS radius 1 (ours);
     ``crop_unit``: 0..1 relative to the face crop; ``pixels``: image pixels.
     """
@@ -118,7 +119,7 @@ class BlazeFaceDecoding(_Strict):
     centres (cell + ``anchor_offset``) / cells, fixed size 1. Per anchor the regressor
     holds (x, y, w, h) and ``keypoints`` (x, y) pairs in input pixels, positions relative
     to the anchor centre; scores are sigmoid(clip(logit, +-``score_clip``)); then
-    MediaPipe's weighted NMS. The decoder is agent/perception/blazeface.py.
+    MediaPipe's weighted NMS. The decoder is agent/perception/decoders/blazeface.py.
     """
 
     kind: Literal["blazeface"] = "blazeface"
@@ -434,17 +435,6 @@ class LoadedManifest:
         model = self.resolve(name, task)
         verify_sha256(model)
         return model
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(model: ResolvedModel) -> None:

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from agent.config import AgentConfig, load_config
 from agent.config.models import DETECTOR_PROFILES
 from agent.perception import Perception, PerceptionSettings
-from agent.perception.blazeface import decode_blazeface, decode_boxes, ssd_anchors
-from engines.faceapi import face_crop_box
+from agent.perception.decoders.blazeface import decode_blazeface, decode_boxes, ssd_anchors
+from agent.perception.faceapi import face_crop_box
 from engines.manifest import BlazeFaceDecoding, CropAdjust, ModelEntry, load_manifest
 from tests.conftest import REPO
 

@@ -29,7 +29,7 @@ NPM_MODEL_DIR = os.path.join(
 
 if TOOLS_DIR not in sys.path:
     sys.path.insert(0, TOOLS_DIR)
-from engines.faceapi import decode_tiny_face_detector  # noqa: E402
+from agent.perception.faceapi import decode_tiny_face_detector  # noqa: E402
 
 # name -> (input name, input shape without batch, output name, output shape without batch)
 CONTRACT = {
@@ -50,7 +50,7 @@ EXTRA_OUTPUTS = {
     "blazeface_full.onnx": [("classificators", (2304,))],
 }
 # value range of the random test inputs: raw pixels for the image nets; landmarks
-# normalised by engines.landmarks (centroid 0, RMS radius 1) lie within about +-2.5
+# normalised by agent.perception.landmarks (centroid 0, RMS radius 1) lie within about +-2.5
 INPUT_RANGE = {"emotionnet.onnx": (-2.0, 2.0)}
 MODEL_FILES = sorted(glob.glob(os.path.join(MODELS_DIR, "*.onnx")))
 

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engines.landmarks import normalize
+from agent.perception.landmarks import normalize
 from tools.emotionnet import dataset, export, ferplus
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -10,6 +10,7 @@ ENGINE_MODULES = [
     "engines.backend",
     "engines.cache",
     "engines.cuda_owner",
+    "engines.digest",
     "engines.locking",
     "engines.onnxruntime_backend",
     "engines.prepare",
@@ -60,3 +61,73 @@ def test_no_test_doubles_in_the_package():
         for path in sorted((REPO / folder).rglob("*.py")):
             text = path.read_text()
             assert "tests.fakes" not in text and "FakeGpu" not in text, path
+
+
+# The fleet (controller) side and the device side share only the MQTT protocol
+# (connection, topics, wire messages) and the models those carry.
+FLEET_MAY_IMPORT = (
+    "agent.fleet",
+    "agent.mqtt.client",
+    "agent.mqtt.topics",
+    "agent.mqtt.messages",
+    "agent.events.models",
+    "agent.events.fine",
+    "agent.telemetry.models",
+    "agent.config",
+    "agent.backoff",
+)
+# Where the two sides meet: the command line and the demo (a device and a broker).
+FLEET_IMPORTED_BY = ("agent/fleet/", "agent/cli/", "agent/demo.py")
+
+
+def _agent_modules(path):
+    return [m for m in imported_modules(path) if m == "agent" or m.startswith("agent.")]
+
+
+def _within(module, prefixes):
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_the_fleet_side_imports_only_the_shared_protocol():
+    paths = sorted((REPO / "agent" / "fleet").rglob("*.py"))
+    assert paths
+    for path in paths:
+        for module in _agent_modules(path):
+            assert _within(module, FLEET_MAY_IMPORT), f"{path.name} imports {module}"
+            assert module != "agent", f"{path.name} imports the agent package"
+
+
+def test_the_device_side_never_imports_the_fleet_side():
+    for path in sorted((REPO / "agent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith(FLEET_IMPORTED_BY):
+            continue
+        for module in _agent_modules(path):
+            assert not _within(module, ("agent.fleet",)), f"{rel} imports {module}"
+
+
+def test_the_shared_protocol_imports_no_device_machinery():
+    # what the fleet side may import must not pull the device in behind its back
+    for name in ("client", "topics", "messages"):
+        path = REPO / "agent" / "mqtt" / f"{name}.py"
+        for module in _agent_modules(path):
+            assert _within(module, FLEET_MAY_IMPORT), f"{path.name} imports {module}"
+
+
+def test_decoders_are_reached_only_through_the_registry():
+    # agent/perception/decoders/__init__.py maps manifest postprocessing kinds to decoder
+    # modules; the rest of the agent names none of those modules
+    decoders = REPO / "agent" / "perception" / "decoders"
+    for path in sorted((REPO / "agent").rglob("*.py")):
+        if decoders in path.parents:
+            continue
+        for module in _agent_modules(path):
+            assert not module.startswith("agent.perception.decoders."), (
+                f"{path.relative_to(REPO)} imports {module}: use the registry"
+            )
+
+
+def test_the_engines_layer_holds_no_model_decoding():
+    # backends, manifest, cache, builds: what turns outputs into faces is perception's
+    names = {path.stem for path in (REPO / "engines").glob("*.py")}
+    assert not names & {"faceapi", "landmarks", "blazeface", "decoders"}, names

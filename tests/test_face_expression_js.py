@@ -56,7 +56,7 @@ def _inputs() -> np.ndarray:
     """RGB float32 [n, 112, 112, 3]: face crops of the demo photos, then noise."""
     import cv2
 
-    from engines.faceapi import (
+    from agent.perception.faceapi import (
         decode_tiny_face_detector,
         detector_input,
         face_crop_box,

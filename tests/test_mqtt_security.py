@@ -82,7 +82,9 @@ def test_mutual_tls(tmp_path, start_mosquitto, certs):  # noqa: F811
     def refused(settings_tls: dict) -> str:
         bad = device_config(broker, tmp_path / "x", tls={**tls, **settings_tls})
         conn = MqttConnection(
-            ConnectionSettings.from_config(bad, reconnect_min_s=0.2, reconnect_max_s=0.4)
+            ConnectionSettings.from_mqtt(
+                bad.mqtt, bad.effective_client_id(), reconnect_min_s=0.2, reconnect_max_s=0.4
+            )
         ).start()
         try:
             assert wait_until(lambda: conn.stats.attempts >= 2 and conn.stats.last_error, 10)
@@ -108,17 +110,20 @@ def test_password_from_a_file(tmp_path, start_mosquitto):
     broker = start_mosquitto(users={"cam-1": "right horse battery"})
     (tmp_path / "pw").write_text("right horse battery\n")
     (tmp_path / "bad").write_text("wrong\n")
-    good = ConnectionSettings.from_config(
-        device_config(broker, tmp_path, username="cam-1", password_file=str(tmp_path / "pw"))
+    good_config = device_config(
+        broker, tmp_path, username="cam-1", password_file=str(tmp_path / "pw")
     )
+    good = ConnectionSettings.from_mqtt(good_config.mqtt, good_config.effective_client_id())
     conn = MqttConnection(good).start()
     try:
         assert conn.wait_connected(10)
     finally:
         conn.stop()
-    bad = ConnectionSettings.from_config(
-        device_config(broker, tmp_path, username="cam-1", password_file=str(tmp_path / "bad")),
-        reconnect_min_s=0.2,
+    bad_config = device_config(
+        broker, tmp_path, username="cam-1", password_file=str(tmp_path / "bad")
+    )
+    bad = ConnectionSettings.from_mqtt(
+        bad_config.mqtt, bad_config.effective_client_id(), reconnect_min_s=0.2
     )
     conn = MqttConnection(bad).start()
     try:

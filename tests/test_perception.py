@@ -6,8 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agent.perception import Perception, PerceptionSettings, preprocess
-from engines import faceapi
+from agent.perception import Perception, PerceptionSettings, faceapi, preprocess
 from engines.manifest import ModelEntry, load_manifest
 from tests.conftest import REPO
 from tests.onnx_models import emotion_classifier
@@ -220,16 +219,18 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     import ctypes
 
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners, runner_factory
+    from agent.engine_runners import prepare_runners, runner_factory
     from agent.perception.factory import build_perception
 
     config = AgentConfig.model_validate(
         {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
     )
-    runners = prepare_runners(config, MANIFEST)
+    runners = prepare_runners(config.models, MANIFEST)
     detector = runners[config.models.detector]
-    bound = build_perception(config, runner_factory(runners), MANIFEST)
-    plain = build_perception(config, lambda model: runner(model.path), MANIFEST)
+    bound = build_perception(config.models, config.pipeline, runner_factory(runners), MANIFEST)
+    plain = build_perception(
+        config.models, config.pipeline, lambda model: runner(model.path), MANIFEST
+    )
     pre = MANIFEST.resolve(config.models.detector).entry.preprocessing
     calls = []
     real = preprocess.prepare_image
@@ -243,7 +244,7 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     shapes = [(720, 1280), (720, 1280), (480, 640), (1280, 720), (1280, 720), (720, 1280)]
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("agent.perception.pipeline.prepare_image", spy)
+            mp.setattr("agent.perception.detector.prepare_image", spy)
             for h, w in shapes:
                 frame = cv2.resize(base, (w, h))
                 frame[rng.random((h, w)) < 0.2] = 255  # what lands in the bands if unfilled
@@ -251,15 +252,15 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
                 bound.detect(frame)
                 np.testing.assert_array_equal(detector.input_buffer(1)[0], expected)
                 plain.detect(frame)
-                np.testing.assert_array_equal(plain._det_buf[0], expected)
+                np.testing.assert_array_equal(plain.detector._buf[0], expected)
         # a different buffer at the same address (as a freed one's memory can be
         # reused), full of other data: filled again, the owner is what counts
-        old = plain._det_buf
+        old = plain.detector._buf
         memory = (ctypes.c_float * old.size).from_address(old.ctypes.data)
         alias = np.ctypeslib.as_array(memory).reshape(old.shape)  # owned elsewhere
         assert alias.ctypes.data == old.ctypes.data
         alias.fill(7.0)
-        plain._det_buf = alias
+        plain.detector._buf = alias
         plain.detect(frame)
         np.testing.assert_array_equal(alias[0], expected)
     finally:
@@ -274,20 +275,22 @@ def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     engines' bound input buffers, so that per frame only the emotion features (a few
     hundred bytes per face) are copied, and the faces are those of plain runners."""
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners, runner_factory
+    from agent.engine_runners import prepare_runners, runner_factory
     from agent.perception.factory import build_perception
 
     config = AgentConfig.model_validate(
         {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
     )
-    runners = prepare_runners(config, MANIFEST)
+    runners = prepare_runners(config.models, MANIFEST)
     try:
-        engine_perception = build_perception(config, runner_factory(runners), MANIFEST)
+        engine_perception = build_perception(
+            config.models, config.pipeline, runner_factory(runners), MANIFEST
+        )
 
         def plain(model):
             return runner(model.path)
 
-        plain_perception = build_perception(config, plain, MANIFEST)
+        plain_perception = build_perception(config.models, config.pipeline, plain, MANIFEST)
         frame = frames["faceapi-sample5.jpg"]
         engine_perception.process(frame)  # warm-up
         before = {name: r.backend.counters.bytes_copied_in for name, r in runners.items()}
@@ -361,7 +364,7 @@ def test_batched_crops_equal_one_by_one_preparation(frames, pre):
 
 def test_landmarks_follow_face_api_post_processing():
     """Perception.landmarks maps the net's 0..1 outputs to frame pixels as face-api's
-    postProcess does (engines/faceapi.py, the reference), plus each crop's origin."""
+    postProcess does (agent/perception/faceapi.py, the reference), plus each crop's origin."""
     det = MANIFEST.verified("tiny_face_detector")
     lm = MANIFEST.verified("face_landmark_68")
     rng = np.random.default_rng(5)

@@ -21,15 +21,16 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.config.models import AgentConfig
 from agent.doctor.secondary import check_secondary
 from agent.events.fine import FineEmotion, FineEmotionsEvent
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import InboundMessage
-from agent.mqtt.fleet import FleetView
 from agent.mqtt.messages import render_event
 from agent.mqtt.service import MqttService
-from agent.pipeline.secondary import SecondaryWorker, square_crop, top_k
 from agent.platform import PlatformInfo
+from agent.realtime.metrics import MetricsSnapshot
+from agent.realtime.secondary import SecondaryStats, SecondaryWorker, square_crop, top_k
 from agent.runtime import build_runtime, refuse_if_too_big, secondary_model
+from agent.telemetry.loop_stats import loop_telemetry, status_line
 from agent.telemetry.models import TelemetryMessage
-from agent.telemetry.pipeline import PipelineSnapshot, SecondarySnapshot, status_line, to_wire
 from engines.manifest import file_sha256, load_manifest
 from tests.conftest import REPO
 from tests.mqtt_feeder import synthetic_event
@@ -188,7 +189,7 @@ def test_a_failing_model_is_counted_and_the_worker_goes_on():
 def test_the_loop_runs_while_the_secondary_engine_is_prepared(tmp_path):
     manifest = secondary_manifest(tmp_path / "fine")
     release = threading.Event()
-    from agent.inference import EngineRunner
+    from agent.engine_runners import EngineRunner
     from engines.backend import ModelSpec
     from engines.onnxruntime_backend import OnnxRuntimeToolchain
 
@@ -314,12 +315,16 @@ def test_both_event_kinds_share_the_events_topic_and_one_sequence(mosquitto, tmp
 
 
 def test_telemetry_reports_the_stage():
-    snap = PipelineSnapshot(
-        secondary=SecondarySnapshot("siglip2_emotion_heads", "loading", 1.0, not_ready=12)
+    stats = SecondaryStats("loading", 1.0, 0, 0, 12, 0, None, None, None, None)
+    wire = loop_telemetry(
+        MetricsSnapshot(0, 0, 0, 0, 0.0, 0, None, {}, {}),
+        backend="onnxruntime",
+        secondary_model="siglip2_emotion_heads",
+        secondary=stats,
     )
-    wire = to_wire(snap)
     assert wire.secondary.state == "loading" and wire.secondary.not_ready == 12
-    assert "secondary loading" in status_line(snap)
+    assert wire.secondary.model == "siglip2_emotion_heads"
+    assert "secondary loading" in status_line(wire)
     message = TelemetryMessage.model_validate(
         {"device_id": "d", "fleet": "f", "timestamp": NOW, "agent": {"version": "1",
          "uptime_s": 1}, "device": {}, "pipeline": wire.model_dump()}

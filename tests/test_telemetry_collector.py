@@ -8,15 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from agent.config import AgentConfig
+from agent.realtime.metrics import MetricsSnapshot, StageStats
 from agent.telemetry import (
-    ModelSnapshot,
-    PipelineSnapshot,
-    StageSnapshot,
     TelemetryCollector,
     TelemetryMessage,
     TelemetryReporter,
     config_hash,
     default_sources,
+    loop_telemetry,
     status_line,
 )
 from agent.telemetry.device import SysfsSource
@@ -133,21 +132,24 @@ def test_a_failing_source_is_noted_and_skipped(tmp_path):
 
 def test_message_pipeline_agent_and_wire_format():
     clock = Clock()
-    snapshot = PipelineSnapshot(
-        fps=14.956,
-        latency_ms_p50=41.0,
-        latency_ms_p95=66.25,
-        stages=[StageSnapshot("detect", fps=15.0), StageSnapshot("emotion", 14.956, 8.1, 12.44)],
-        camera_state="running",
-        queue_depth=2,
+    metrics = MetricsSnapshot(
         frames_captured=900,
         frames_processed=450,
         frames_dropped=3,
         faces=2,
-        events_total=17,
-        outbox_depth=1,
-        models=[ModelSnapshot("emotion", "emotionnet", "tensorrt", "emotionnet.fp16.plan")],
+        faces_per_frame=1.0,
+        events=17,
+        fps=14.956,
+        latency_ms={"p50": 41.0, "p95": 66.25, "p99": 80.0},
+        event_latency_ms={},
+        stages=[
+            StageStats("detect", 450, 15.0, None, None, None),
+            StageStats("emotion", 450, 14.956, 8.1, 12.44, None),
+        ],
+        queue_depth=2,
+        source_state="running",
     )
+    snapshot = loop_telemetry(metrics, backend="tensorrt", outbox_depth=1)
     collector = TelemetryCollector(
         device_id="cam-7",
         fleet="lobby",
@@ -170,7 +172,10 @@ def test_message_pipeline_agent_and_wire_format():
         "latency_ms_p95": 12.44,
         "latency_ms_p99": None,
     }
-    assert data["pipeline"]["models"][0]["engine"] == "emotionnet.fp16.plan"
+    assert data["pipeline"]["models"] == [
+        {"role": "pipeline", "name": "all", "backend": "tensorrt", "engine": None}
+    ]
+    assert data["pipeline"]["frames_dropped"] == 3 and data["pipeline"]["outbox_depth"] == 1
     assert (data["pipeline"]["fps"], data["pipeline"]["latency_ms_p95"]) == (14.96, 66.25)
     assert data["pipeline"]["camera_state"] == "running" and data["pipeline"]["queue_depth"] == 2
     assert TelemetryMessage.model_validate_json(msg.model_dump_json()) == msg
@@ -184,15 +189,11 @@ def test_message_pipeline_agent_and_wire_format():
 
 
 def test_tensorrt_failures_are_flagged_in_telemetry_and_the_status_line():
-    from agent.telemetry.pipeline import to_wire
-
-    snapshot = PipelineSnapshot(
-        models=[ModelSnapshot("emotion", "emotionnet", "onnxruntime")],
-        tensorrt_failed=["emotionnet"],
-    )
-    assert to_wire(snapshot).tensorrt_failed == ["emotionnet"]
+    metrics = MetricsSnapshot(0, 0, 0, 0, 0.0, 0, None, {}, {})
+    snapshot = loop_telemetry(metrics, backend="onnxruntime", tensorrt_failed=["emotionnet"])
+    assert snapshot.tensorrt_failed == ["emotionnet"]
     assert status_line(snapshot).endswith("onnxruntime, TensorRT FAILED for 1 model(s)")
-    assert to_wire(PipelineSnapshot()).tensorrt_failed == []
+    assert loop_telemetry(metrics, backend="onnxruntime").tensorrt_failed == []
 
 
 def test_no_pipeline_and_a_failing_pipeline_provider():
@@ -277,7 +278,7 @@ def test_the_daemon_reports_the_runtime_s_tensorrt_failures():
     from types import SimpleNamespace
 
     from agent.daemon import Daemon
-    from agent.pipeline.metrics import MetricsSnapshot
+    from agent.realtime.metrics import MetricsSnapshot
 
     class Sink:
         def emit(self, event):

@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 from agent.config.models import AgentConfig
 from agent.events.models import EmotionEvent
 from agent.mqtt.publisher import Publisher
-from tests.mosquitto import start_broker
+from tools.mosquitto import start_broker
 
 OPTIONS = ["max_queued_messages 0"]
 

@@ -25,16 +25,18 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> int:
     sys.path.insert(0, str(REPO))
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners
+    from agent.engine_runners import prepare_runners
     from agent.perception.factory import build_perception, manifest_for
     from agent.perception.preprocess import prepare_image
     from agent.perception.video import cv2_module
 
     cv2 = cv2_module()
     config = AgentConfig()
-    manifest = manifest_for(config)
-    runners = prepare_runners(config, manifest)
-    perception = build_perception(config, lambda model: runners[model.name], manifest)
+    manifest = manifest_for(config.models)
+    runners = prepare_runners(config.models, manifest)
+    perception = build_perception(
+        config.models, config.pipeline, lambda model: runners[model.name], manifest
+    )
     landmarks = runners[config.models.landmarks]
     pre = manifest.resolve(config.models.landmarks).entry.preprocessing
     size = pre.width

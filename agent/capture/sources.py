@@ -17,7 +17,7 @@ does not loop.
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -123,7 +123,37 @@ class SyntheticSource(Source):
         self._t += 1
 
 
-class FileSource(Source):
+class _CaptureSource(Source):
+    """What the sources read through an OpenCV ``VideoCapture`` share: the frame shape,
+    a read straight into the caller's buffer, and the release."""
+
+    uri: str
+    _cap: Any = None
+    _shape: Optional[Tuple[int, int, int]] = None
+
+    def shape(self) -> Tuple[int, int, int]:
+        assert self._shape is not None, "open() first"
+        return self._shape
+
+    def _grab(self, buf: np.ndarray) -> bool:
+        """Read the next frame into ``buf``; False when the capture gives none."""
+        assert self._cap is not None, "open() first"
+        ok, frame = self._cap.read(buf)
+        if not ok or frame is None:
+            return False
+        if frame.shape != buf.shape:
+            raise SourceError(f"{self.uri}: frame size changed to {frame.shape}")
+        if frame is not buf:
+            np.copyto(buf, frame)
+        return True
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FileSource(_CaptureSource):
     """A video (loops or ends) or an image (repeated), read with OpenCV."""
 
     def __init__(
@@ -144,7 +174,7 @@ class FileSource(Source):
         self._clock, self._sleep = clock, sleep
         self._cap = None
         self._image: Optional[np.ndarray] = None
-        self._shape: Optional[Tuple[int, int, int]] = None
+        self._shape = None
         self._pacer = _Pacer(None, clock, sleep)
 
     def open(self) -> None:
@@ -170,32 +200,18 @@ class FileSource(Source):
             self.fps = cap.get(cv2.CAP_PROP_FPS) or self._fps_default
         self._pacer = _Pacer(self.fps if self._pace else None, self._clock, self._sleep)
 
-    def shape(self) -> Tuple[int, int, int]:
-        assert self._shape is not None, "open() first"
-        return self._shape
-
     def read_into(self, buf: np.ndarray) -> None:
         self._pacer.wait()
         if self._image is not None:
             np.copyto(buf, self._image)
             return
-        cv2 = cv2_module()
-        assert self._cap is not None
-        ok, frame = self._cap.read(buf)
-        if not ok:
-            if not self.loop:
-                raise SourceEnded(self.uri)
-            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, frame = self._cap.read(buf)
-            if not ok:
-                raise SourceError(f"cannot read a frame from {self.path}")
-        if frame is not buf:
-            np.copyto(buf, frame)
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        if self._grab(buf):
+            return
+        if not self.loop:
+            raise SourceEnded(self.uri)
+        self._cap.set(cv2_module().CAP_PROP_POS_FRAMES, 0)
+        if not self._grab(buf):
+            raise SourceError(f"cannot read a frame from {self.path}")
 
 
 def gstreamer_pipeline(uri: str, width: int, height: int, fps: float, jetson: bool) -> str:
@@ -232,7 +248,7 @@ def _has_gstreamer(cv2) -> bool:
     return False
 
 
-class OpenCVSource(Source):
+class OpenCVSource(_CaptureSource):
     """Live cameras through OpenCV: CSI (GStreamer), V4L2, RTSP (GStreamer or FFmpeg)."""
 
     def __init__(self, uri: str, width: int, height: int, fps: float, jetson: bool) -> None:
@@ -241,7 +257,7 @@ class OpenCVSource(Source):
         self._want = (width, height, fps)
         self._jetson = jetson
         self._cap = None
-        self._shape: Optional[Tuple[int, int, int]] = None
+        self._shape = None
 
     def open(self) -> None:
         cv2 = cv2_module()
@@ -277,24 +293,9 @@ class OpenCVSource(Source):
         self._cap = cap
         self._shape = frame.shape  # type: ignore[assignment]
 
-    def shape(self) -> Tuple[int, int, int]:
-        assert self._shape is not None, "open() first"
-        return self._shape
-
     def read_into(self, buf: np.ndarray) -> None:
-        assert self._cap is not None
-        ok, frame = self._cap.read(buf)
-        if not ok or frame is None:
+        if not self._grab(buf):
             raise SourceError(f"{self.uri}: no frame (camera unplugged or stream dropped?)")
-        if frame.shape != buf.shape:
-            raise SourceError(f"{self.uri}: frame size changed to {frame.shape}")
-        if frame is not buf:
-            np.copyto(buf, frame)
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 def open_source(

@@ -103,7 +103,9 @@ def _analyze(args: argparse.Namespace, ctx: CliContext) -> int:
         return 2
     config = ctx.load().config
     try:
-        perception = build_perception(config, onnxruntime_runner(config.models.onnxruntime_threads))
+        perception = build_perception(
+            config.models, config.pipeline, onnxruntime_runner(config.models.onnxruntime_threads)
+        )
     except (ManifestError, ModelIntegrityError, OpenCVMissing) as exc:
         print(f"emotion-agent analyze: {exc}", file=ctx.stderr)
         return EXIT_FAILURE

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Set
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.config import AgentConfig
-from agent.inference import (
+from agent.engine_runners import (
     engine_settings,
     prepare_configured_engines,
     secondary_settings,
@@ -126,14 +126,19 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
             backends = prepare_engines(
                 manifest,
                 names,
-                engine_settings(config),
+                engine_settings(config.models),
                 reporter=reporter,
                 force=args.force,
                 env=_environment(ctx),
             )
         else:  # what the daemon loads, the secondary stage's model included
             backends = prepare_configured_engines(
-                config, manifest, reporter=reporter, force=args.force, env=_environment(ctx)
+                config.models,
+                config.pipeline.secondary,
+                manifest,
+                reporter=reporter,
+                force=args.force,
+                env=_environment(ctx),
             )
     except (EnginePreparationError, ManifestError) as exc:
         print(f"emotion-agent: {exc}", file=ctx.stderr)
@@ -156,14 +161,15 @@ def _current_digests(config: AgentConfig, manifest: LoadedManifest, ctx: CliCont
     fallback), and the secondary stage's model when it is enabled (from its own
     manifest, with its own settings: ``clean --stale`` must not remove its engine)."""
     env = _environment(ctx)
-    groups = [(manifest, manifest.names, engine_settings(config))]
+    groups = [(manifest, manifest.names, engine_settings(config.models))]
     try:
-        own = secondary_source(config, manifest)
+        own = secondary_source(config.pipeline.secondary, manifest)
     except ManifestError as exc:
         ctx.logger.warning("pipeline.secondary.manifest: %s", exc)
         own = None
     if own is not None:
-        groups.append((own, [config.pipeline.secondary.model], secondary_settings(config)))
+        secondary = config.pipeline.secondary
+        groups.append((own, [secondary.model], secondary_settings(config.models, secondary)))
     digests: Set[str] = set()
     for source, names, settings in groups:
         toolchains = Toolchains(settings, EngineCache(settings.cache_dir, env.now), env)
@@ -203,7 +209,7 @@ def _row(status: EntryStatus, current: Optional[Set[str]]) -> Dict[str, Any]:
 
 def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    settings = engine_settings(config)
+    settings = engine_settings(config.models)
     cache = EngineCache(settings.cache_dir, EngineEnvironment().now)
     statuses = cache.entries()
     manifest = _manifest(config, ctx)
@@ -247,7 +253,7 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _verify(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    cache = EngineCache(engine_settings(config).cache_dir, EngineEnvironment().now)
+    cache = EngineCache(engine_settings(config.models).cache_dir, EngineEnvironment().now)
     statuses = cache.entries()
     if not statuses:
         print(f"no engines cached in {cache.root}", file=ctx.stdout)
@@ -273,7 +279,7 @@ def _verify(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _clean(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
-    cache = EngineCache(engine_settings(config).cache_dir, EngineEnvironment().now)
+    cache = EngineCache(engine_settings(config.models).cache_dir, EngineEnvironment().now)
     if args.stale:
         manifest = _manifest(config, ctx)
         if manifest is None:

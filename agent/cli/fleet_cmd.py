@@ -12,8 +12,9 @@ from typing import Callable
 
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
+from agent.fleet.send import parse_args, send_command
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import ConnectionSettings, MqttConnection
-from agent.mqtt.fleet import FleetView, parse_args, send_command
 from agent.mqtt.topics import Topics
 
 
@@ -71,8 +72,8 @@ def add_parser(
 
 def _connection(ctx: CliContext, name: str) -> MqttConnection:
     config = ctx.load().config
-    settings = ConnectionSettings.from_config(
-        config, client_id=f"emotion-agent-{name}-{uuid.uuid4().hex[:8]}"
+    settings = ConnectionSettings.from_mqtt(
+        config.mqtt, f"emotion-agent-{name}-{uuid.uuid4().hex[:8]}"
     )
     return MqttConnection(settings, logger=ctx.logger)
 

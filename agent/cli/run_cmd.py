@@ -189,7 +189,7 @@ def emotion_labels(config: AgentConfig) -> List[str]:
     from agent.perception.factory import manifest_for
 
     try:
-        return list(manifest_for(config).resolve(config.models.emotion).entry.labels or [])
+        return list(manifest_for(config.models).resolve(config.models.emotion).entry.labels or [])
     except (ManifestError, KeyError, ValueError):
         return []  # the run itself reports a bad manifest or model name
 
@@ -197,11 +197,13 @@ def emotion_labels(config: AgentConfig) -> List[str]:
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
     """The ``rebuild-engines`` command: rebuild the selected models' engines (force),
     while the pipeline is stopped; the restarted pipeline loads them from the cache."""
-    from agent.inference import prepare_configured_engines
+    from agent.engine_runners import prepare_configured_engines
     from agent.perception.factory import manifest_for
 
-    manifest = manifest_for(config)
-    backends = prepare_configured_engines(config, manifest, force=True)
+    manifest = manifest_for(config.models)
+    backends = prepare_configured_engines(
+        config.models, config.pipeline.secondary, manifest, force=True
+    )
     try:
         return {name: backend.info.kind for name, backend in backends.items()}
     finally:

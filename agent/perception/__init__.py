@@ -5,7 +5,7 @@ Models are reached through plain callables (batch in, output out) so this
 package does not care which backend (TensorRT, ONNX Runtime) runs them.
 """
 
-from agent.perception.faces import EmotionResult, Face
-from agent.perception.pipeline import Perception, PerceptionSettings
+from agent.perception.faces import Box, EmotionResult, Face, PerceptionError
+from agent.perception.frame import Perception, PerceptionSettings
 
-__all__ = ["EmotionResult", "Face", "Perception", "PerceptionSettings"]
+__all__ = ["Box", "EmotionResult", "Face", "Perception", "PerceptionError", "PerceptionSettings"]

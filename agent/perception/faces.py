@@ -1,9 +1,15 @@
-"""What perception finds in a frame."""
+"""What perception finds in a frame, and its error."""
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+Box = Tuple[float, float, float, float, float]  # x1, y1, x2, y2 (frame pixels), score
+
+
+class PerceptionError(RuntimeError):
+    """A model's manifest entry does not fit the role it is given."""
 
 
 @dataclass

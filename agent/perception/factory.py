@@ -1,18 +1,19 @@
-"""Build a Perception from the configuration and the model manifest."""
+"""Build a Perception from its two configuration sections (``models``, ``pipeline``)
+and the model manifest."""
 
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.config import AgentConfig
-from agent.perception.pipeline import Perception, PerceptionSettings, Runner
+from agent.config.models import ModelsConfig, PipelineConfig
+from agent.perception.frame import Perception, PerceptionSettings
+from agent.perception.runners import Runner
 from engines.manifest import LoadedManifest, ResolvedModel, load_manifest
 
 # backend factory: a verified manifest model -> a runner (batch in, output out)
 RunnerFactory = Callable[[ResolvedModel], Runner]
 
 
-def settings_from_config(config: AgentConfig) -> PerceptionSettings:
-    p = config.pipeline
+def perception_settings(p: PipelineConfig) -> PerceptionSettings:
     return PerceptionSettings(
         detection_threshold=p.detection_threshold,
         nms_iou=p.nms_iou,
@@ -21,13 +22,14 @@ def settings_from_config(config: AgentConfig) -> PerceptionSettings:
     )
 
 
-def manifest_for(config: AgentConfig) -> LoadedManifest:
-    path: Optional[Path] = config.models.manifest
+def manifest_for(models: ModelsConfig) -> LoadedManifest:
+    path: Optional[Path] = models.manifest
     return load_manifest(path)
 
 
 def build_perception(
-    config: AgentConfig,
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
     make_runner: RunnerFactory,
     manifest: Optional[LoadedManifest] = None,
     with_emotion: bool = True,
@@ -36,8 +38,7 @@ def build_perception(
 
     Raises engines.manifest.ManifestError / ModelIntegrityError with a clear message.
     """
-    manifest = manifest or manifest_for(config)
-    models = config.models
+    manifest = manifest or manifest_for(models)
     detector = manifest.verified(models.detector, "face_detector")
     landmarks = manifest.verified(models.landmarks, "face_landmarks")
     # models.emotion: one emotion model, or a fusion of several (manifest ``fusions``)
@@ -53,7 +54,7 @@ def build_perception(
         landmarks.entry,
         make_runner(emotion[0]) if emotion else None,
         emotion[0].entry if emotion else None,
-        settings_from_config(config),
+        perception_settings(pipeline),
         more_emotion=[(make_runner(m), m.entry) for m in emotion[1:]],
         fusion=manifest.fusion(models.emotion),
     )

@@ -6,7 +6,7 @@ the agent fold normalisation in, so for them this is pad + resize only.
 
 Resizing samples like TensorFlow's resizeBilinear without half-pixel centres
 (source = destination x scale), as face-api.js does (and MediaPipe's image-to-tensor
-warp): engines/faceapi.py holds the exact numpy replica (~30 ms per 640x480 frame
+warp): agent/perception/faceapi.py holds the exact numpy replica (~30 ms per 640x480 frame
 on a 2-core CPU); cv2.warpAffine does the same sampling in ~2 ms and differs by less
 than one grey level (tests/test_perception.py measures it). Where the scale is a
 whole number (a 1280x720 frame into a 256 square: 5) every sample lands on a pixel

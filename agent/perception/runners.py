@@ -1,20 +1,95 @@
 """Runners: how perception reaches a model (batch in, outputs out).
 
-Until the engines layer hands out its backends (TensorRT or ONNX Runtime with
-preallocated buffers), ONNX Runtime sessions are built here. ``timed`` wraps a
-runner to record each model's own inference time (the loop's overhead is
-measured against it).
+- :class:`Runner`: any callable ``batch -> outputs`` (manifest order): an ONNX Runtime
+  session made here (``analyze``, tools), a timed wrapper, a test's function.
+- :class:`SizedRunner`: a runner that says the largest batch it takes.
+- :class:`BufferedRunner`: a sized runner that also lends its engine's preallocated input
+  buffer (``input_buffer(n)``) and runs on what was written there (``run_buffer(n)``),
+  so that preprocessing writes straight into it (no copy; on a Jetson those are the
+  mapped buffers the GPU reads). The engines' ``EngineRunner`` is one
+  (agent/engine_runners.py).
+
+``timed`` wraps a runner to record each model's own inference time (the loop's
+overhead is measured against it).
 """
 
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from agent.perception.pipeline import Runner
-from engines.manifest import ResolvedModel
+from agent.perception.faces import PerceptionError
+from engines.backend import EngineError
+from engines.manifest import ImageInput, ModelEntry, ResolvedModel
 from engines.onnxruntime_backend import choose_threads
+
+
+class Runner(Protocol):
+    """A model: one input batch in, its outputs (manifest order) out."""
+
+    def __call__(self, batch: np.ndarray) -> Sequence[np.ndarray]: ...
+
+
+@runtime_checkable
+class SizedRunner(Protocol):
+    """A runner that says the largest batch it takes (an engine built for a smaller
+    ``models.max_batch`` than the manifest's)."""
+
+    @property
+    def max_batch(self) -> int: ...
+
+    def __call__(self, batch: np.ndarray) -> Sequence[np.ndarray]: ...
+
+
+@runtime_checkable
+class BufferedRunner(SizedRunner, Protocol):
+    """A runner with its engine's own input buffer (of ``max_batch`` items)."""
+
+    def input_buffer(self, batch: int) -> np.ndarray:
+        """The writable input ``[batch, ...]``; raises EngineError for a batch the
+        engine does not take."""
+        ...
+
+    def run_buffer(self, batch: int) -> Sequence[np.ndarray]:
+        """Run on the first ``batch`` rows of :meth:`input_buffer`."""
+        ...
+
+
+def named_outputs(entry: ModelEntry, values: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+    """A runner's outputs by their manifest names."""
+    return {spec.name: np.asarray(v) for spec, v in zip(entry.outputs, values)}
+
+
+def image_input(entry: ModelEntry, role: str) -> ImageInput:
+    """The image preprocessing of a model that must take images."""
+    pre = entry.preprocessing
+    if not isinstance(pre, ImageInput):
+        raise PerceptionError(f"the {role} must take images (manifest preprocessing)")
+    return pre
+
+
+def batch_limit(runner: Runner, entry: ModelEntry) -> int:
+    """The largest batch ``runner`` takes: the manifest's, or less where the runner (an
+    engine built for a smaller ``models.max_batch``) says so."""
+    limit = runner.max_batch if isinstance(runner, SizedRunner) else None
+    return max(1, min(entry.max_batch, limit) if isinstance(limit, int) else entry.max_batch)
+
+
+def bound_input(runner: Runner, batch: int, shape: Sequence[int]) -> Optional[np.ndarray]:
+    """The engine's own input buffer for ``batch`` items, when ``runner`` is a
+    :class:`BufferedRunner` whose input is float32 of ``shape`` per item, so that
+    preprocessing writes there and nothing is copied; else None (plain runners, or an
+    engine whose input differs, for example a fixed batch)."""
+    if not isinstance(runner, BufferedRunner):
+        return None
+    try:
+        buf = runner.input_buffer(batch)
+    except EngineError:  # a batch the engine does not take: the copying path says why
+        return None
+    if buf.dtype != np.float32 or tuple(buf.shape) != (batch, *shape):
+        return None
+    return buf
 
 
 def session_threads(requested: int, cpu_count: Optional[int] = None) -> int:
@@ -42,7 +117,7 @@ def onnxruntime_runner(threads: int) -> Callable[[ResolvedModel], Runner]:
         output_names = [spec.name for spec in model.entry.outputs]
 
         def run(batch: np.ndarray) -> Sequence[np.ndarray]:
-            return session.run(output_names, {input_name: batch})
+            return session.run(output_names, {input_name: batch})  # type: ignore[no-any-return]
 
         return run
 

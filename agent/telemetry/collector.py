@@ -26,13 +26,13 @@ from agent.platform import detect_platform
 from agent.telemetry.device import SysfsSource, run_command
 from agent.telemetry.jetson import CommandRunner
 from agent.telemetry.jtop import JTOP_SOCKET, Importer, JtopSource, default_factory, jtop_available
+from agent.telemetry.loop_stats import LoopStatsProvider
 from agent.telemetry.models import (
     DEVICE_VALUE_FIELDS,
     AgentTelemetry,
     DeviceTelemetry,
     TelemetryMessage,
 )
-from agent.telemetry.pipeline import PipelineSnapshotProvider, to_wire
 
 
 class DeviceSource(Protocol):
@@ -97,7 +97,7 @@ class TelemetryCollector:
         device_id: str,
         fleet: str,
         sources: Sequence[DeviceSource],
-        pipeline: Optional[PipelineSnapshotProvider] = None,
+        pipeline: Optional[LoopStatsProvider] = None,
         config_hash: Optional[str] = None,
         version: str = __version__,
         clock: Callable[[], datetime] = utc_now,
@@ -121,8 +121,7 @@ class TelemetryCollector:
         pipeline = None
         if self.pipeline is not None:
             try:
-                snapshot = self.pipeline()
-                pipeline = to_wire(snapshot) if snapshot is not None else None
+                pipeline = self.pipeline()
             except Exception as exc:
                 self._log.warning("pipeline snapshot failed: %s", exc, exc_info=True)
                 device.notes.append(f"pipeline: snapshot failed ({type(exc).__name__})")

@@ -33,7 +33,7 @@ How the TFLite graph is rewritten for TensorRT 8.2 (opset 13, IR 7, float32 only
 
 The outputs are raw: regressors per anchor (x, y, w, h offsets and 6 keypoints (x, y), in
 input pixels) and classificator logits. Decoding (anchors, sigmoid, weighted NMS) is
-``agent/perception/blazeface.py``. The output is byte-for-byte deterministic (fixed names,
+``agent/perception/decoders/blazeface.py``. The output is byte-for-byte deterministic (fixed names,
 no timestamps); tests/test_bundled_models.py checks that when the wheel is present.
 
 Usage:

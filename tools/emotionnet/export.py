@@ -11,7 +11,7 @@ folded into the weights; dropout is the identity at inference), ``Relu`` between
 and a final ``Softmax(axis=1)``:
 
     input_landmarks float32 [N, 1, 136, 1]
-        (engines.landmarks.normalize(points, "centered_aligned_rms"), x0, y0, x1, y1, ...)
+        (agent.perception.landmarks.normalize(points, "centered_aligned_rms"), x0, y0, x1, y1, ...)
       -> Flatten -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm -> Relu -> Gemm
       -> Softmax
     probs float32 [N, K]        (class probabilities, labels in the order of the metadata)
@@ -112,7 +112,7 @@ def build_model(
     outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", k])]
     doc = (
         "EmotionNet (emotion-agent): 68 facial landmarks -> expression probabilities. "
-        f"Input [N,1,136,1]: engines.landmarks.normalize(points, '{NORMALIZATION}'), "
+        f"Input [N,1,136,1]: agent.perception.landmarks.normalize(points, '{NORMALIZATION}'), "
         "x0,y0,x1,y1,... "
         f"Output: softmax over {', '.join(labels)}."
     )

@@ -102,7 +102,7 @@ def work_fixed(args: Tuple[str, List[int], Tuple[float, float, float, float]]) -
 
 
 def main(argv=None) -> int:
-    from engines.landmarks import normalize
+    from agent.perception.landmarks import normalize
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=DEFAULT_FER_DIR, help="fer2013 folder (%(default)s)")

@@ -8,7 +8,7 @@
 The EmotionNet classifier must see landmarks as the runtime will produce them, so this
 uses the runtime's path: ``engines/models/tiny_face_detector.onnx`` -> detector box ->
 ``face_crop_box`` -> ``face_landmark_68.onnx`` -> ``landmarks_to_crop_pixels``, with the
-exact face-api preprocessing of ``engines/faceapi.py``, on onnxruntime (CPU, one thread
+exact face-api preprocessing of ``agent/perception/faceapi.py``, on onnxruntime (CPU, one thread
 per process).
 
 Most images of the set are tight face crops (224x224 LFW-style, or small colour crops),
@@ -40,7 +40,7 @@ Output (git-ignored, never committed: it is per-image derived data): an ``.npz``
 image, ``boxes`` [M, 4] (x, y, w, h) face box in image pixels (unclipped), ``scores``
 (detector score, 0 for the fallback), ``paths`` (0/1/2 as above), ``sizes`` [M, 2]
 (width, height), and ``meta`` (JSON: counts per path, median boxes, model sha256s).
-Classifier features are ``engines.landmarks.normalize(points, "centered_aligned_rms")``,
+Classifier features are ``agent.perception.landmarks.normalize(points, "centered_aligned_rms")``,
 computed by train.py, never stored here.
 """
 
@@ -62,7 +62,7 @@ REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from engines.faceapi import (  # noqa: E402
+from agent.perception.faceapi import (  # noqa: E402
     decode_tiny_face_detector,
     detector_input,
     face_crop_box,

@@ -10,7 +10,7 @@ Needs PyTorch (training only; never a runtime dependency: the result is a plain 
 file) plus numpy, onnx and onnxruntime. Run ``extract_landmarks.py`` and
 ``extract_fer.py`` first.
 
-Data (features: ``engines.landmarks.normalize(points, "centered_aligned_rms")``, the
+Data (features: ``agent.perception.landmarks.normalize(points, "centered_aligned_rms")``, the
 runtime's contract, in one place):
 
 * FER2013 with FER+ votes (``ferplus.py``): ``Training`` rows to train, with the vote
@@ -56,7 +56,7 @@ REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from engines.landmarks import normalize  # noqa: E402
+from agent.perception.landmarks import normalize  # noqa: E402
 from tools.emotionnet import export  # noqa: E402
 from tools.emotionnet.dataset import (  # noqa: E402
     BUILD_DIR,

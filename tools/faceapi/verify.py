@@ -32,9 +32,9 @@ import onnxruntime as ort
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-sys.path.insert(0, REPO_ROOT)  # engines.faceapi from a checkout
+sys.path.insert(0, REPO_ROOT)  # agent.perception.faceapi from a checkout
 
-from engines.faceapi import (  # noqa: E402
+from agent.perception.faceapi import (  # noqa: E402
     decode_tiny_face_detector,
     detector_input,
     face_crop_box,

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import sys
@@ -52,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from engines.digest import file_sha256  # noqa: E402
 from tools.siglip2.heads import FusedHeads, Heads, HeadsError, load_heads  # noqa: E402
 
 DEFAULT_NAME = "siglip2_emotion_heads"
@@ -373,21 +373,13 @@ def fp16_difference(path: Path, images: np.ndarray, reference: np.ndarray) -> Di
     }
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_entry(
     name: str, onnx_path: Path, size: int, labels: Sequence[str], license: str, source: str
 ) -> Dict[str, Any]:
     return {
         "task": "secondary",
         "file": onnx_path.name,
-        "sha256": sha256(onnx_path),
+        "sha256": file_sha256(onnx_path),
         "inputs": [{"name": "image", "shape": ["N", size, size, 3], "dtype": "float32"}],
         "outputs": [{"name": "scores", "shape": ["N", len(labels)], "dtype": "float32"}],
         "preprocessing": {

@@ -14,7 +14,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config.models import ModelsConfig, SecondaryConfig
+from agent.perception.runners import BufferedRunner
 from engines.backend import Backend
 from engines.manifest import LoadedManifest, ResolvedModel, load_manifest
 from engines.prepare import EngineEnvironment, EngineSettings, prepare_engines
@@ -23,8 +24,7 @@ from engines.progress import BuildReporter, OnBuilding
 Record = Callable[[float, float], None]  # (end time, milliseconds)
 
 
-def engine_settings(config: AgentConfig) -> EngineSettings:
-    models = config.models
+def engine_settings(models: ModelsConfig) -> EngineSettings:
     return EngineSettings(
         cache_dir=models.engine_cache_dir,
         backend=models.backend,
@@ -34,38 +34,40 @@ def engine_settings(config: AgentConfig) -> EngineSettings:
     )
 
 
-def main_models(config: AgentConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
+def main_models(models: ModelsConfig, manifest: Optional[LoadedManifest] = None) -> List[str]:
     """The models of the real-time loop (prepared before it starts); with ``manifest``,
     a fused ``models.emotion`` as its member models."""
-    emotion = [config.models.emotion]
+    emotion = [models.emotion]
     if manifest is not None:
-        emotion = manifest.members(config.models.emotion)
-    names = [config.models.detector, config.models.landmarks, *emotion]
+        emotion = manifest.members(models.emotion)
+    names = [models.detector, models.landmarks, *emotion]
     return list(dict.fromkeys(names))
 
 
-def secondary_source(config: AgentConfig, manifest: LoadedManifest) -> Optional[LoadedManifest]:
+def secondary_source(
+    secondary: SecondaryConfig, manifest: LoadedManifest
+) -> Optional[LoadedManifest]:
     """The manifest the secondary model comes from (``pipeline.secondary.manifest``, else
     ``models.manifest``), or None with the stage off (raises ManifestError)."""
-    secondary = config.pipeline.secondary
     if not secondary.enabled:
         return None
     return load_manifest(secondary.manifest) if secondary.manifest is not None else manifest
 
 
-def secondary_settings(config: AgentConfig) -> EngineSettings:
+def secondary_settings(models: ModelsConfig, secondary: SecondaryConfig) -> EngineSettings:
     """The secondary model's engine settings: batch 1, its own ONNX Runtime threads.
     Its engine key is what it would be with the main settings (threads are not part
     of a key), so ``engines clean`` and the daemon agree on it."""
     return dataclasses.replace(
-        engine_settings(config),
+        engine_settings(models),
         max_batch=1,
-        onnxruntime_threads=config.pipeline.secondary.threads,
+        onnxruntime_threads=secondary.threads,
     )
 
 
 def prepare_configured_engines(
-    config: AgentConfig,
+    models: ModelsConfig,
+    secondary: SecondaryConfig,
     manifest: LoadedManifest,
     reporter: Optional[BuildReporter] = None,
     force: bool = False,
@@ -79,20 +81,20 @@ def prepare_configured_engines(
     engines.prepare.EnginePreparationError, engines.manifest.ManifestError)."""
     backends = prepare_engines(
         manifest,
-        main_models(config, manifest),
-        engine_settings(config),
+        main_models(models, manifest),
+        engine_settings(models),
         reporter=reporter,
         force=force,
         env=env,
     )
     try:
-        own = secondary_source(config, manifest)
+        own = secondary_source(secondary, manifest)
         if own is not None:
             backends.update(
                 prepare_engines(
                     own,
-                    [config.pipeline.secondary.model],
-                    secondary_settings(config),
+                    [secondary.model],
+                    secondary_settings(models, secondary),
                     reporter=reporter,
                     force=force,
                     env=env,
@@ -105,7 +107,7 @@ def prepare_configured_engines(
     return backends
 
 
-class EngineRunner:
+class EngineRunner(BufferedRunner):
     """A backend as a perception runner: ``runner(batch)`` copies the batch in;
     ``input_buffer(n)`` + ``run_buffer(n)`` run on data written in place."""
 
@@ -146,7 +148,7 @@ class EngineRunner:
 
 
 def prepare_runners(
-    config: AgentConfig,
+    models: ModelsConfig,
     manifest: LoadedManifest,
     record: Callable[[str], Optional[Record]] = lambda name: None,
     reporter: Optional[BuildReporter] = None,
@@ -154,9 +156,9 @@ def prepare_runners(
 ) -> Dict[str, EngineRunner]:
     """One runner per model of the loop (raises engines.prepare.EnginePreparationError);
     the secondary model is prepared by its worker (agent.runtime.secondary_loader)."""
-    names = main_models(config, manifest)
+    names = main_models(models, manifest)
     backends = prepare_engines(
-        manifest, names, engine_settings(config), reporter=reporter, on_building=on_building
+        manifest, names, engine_settings(models), reporter=reporter, on_building=on_building
     )
     runners = {}
     for name, backend in backends.items():

@@ -25,9 +25,13 @@ score; the merged detection keeps the best score.
 """
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from agent.perception.faces import Box, PerceptionError
+from agent.perception.preprocess import Placement
+from engines.manifest import BlazeFaceDecoding, ImageInput, ModelEntry
 
 Detection = Tuple[np.ndarray, float]  # ([x1, y1, x2, y2, kx0, ky0, ...], score)
 
@@ -235,3 +239,60 @@ def decode_blazeface(
         regressors, logits, anchors, input_size, score_threshold, score_clip
     )
     return weighted_nms(boxes, scores, iou_threshold)
+
+
+# -- the plugin: manifest kind ``blazeface`` ----------------------------------------------
+
+KIND = "blazeface"
+
+
+class BlazeFaceBoxes:
+    """The decoder of one BlazeFace entry: boxes in frame pixels. Its linear map is made
+    on the first frame (it needs the regressor's width); one thread at a time."""
+
+    def __init__(self, entry: ModelEntry, pre: ImageInput) -> None:
+        post = entry.postprocessing
+        if not isinstance(post, BlazeFaceDecoding):  # pragma: no cover - the registry's key
+            raise PerceptionError(f"not a {KIND} model")
+        self._post = post
+        self._size = (pre.width, pre.height)
+        self._anchors = ssd_anchors(
+            self._size, post.strides, post.anchors_per_layer, post.anchor_offset
+        )
+        self._decoder: Optional[BlazeFaceDecoder] = None
+
+    def __call__(
+        self,
+        outputs: Mapping[str, np.ndarray],
+        placement: Placement,
+        frame_size: Tuple[int, int],
+        threshold: float,
+        nms_iou: float,
+    ) -> List[Box]:
+        post, size = self._post, self._size
+        frame_w, frame_h = frame_size
+        regressors = outputs[post.regressors_output][0]
+        if self._decoder is None:
+            values = regressors.size // len(self._anchors)
+            self._decoder = BlazeFaceDecoder(self._anchors, size, values)
+        candidates, scores = self._decoder.candidates(
+            regressors, outputs[post.classificators_output][0], threshold, post.score_clip
+        )
+        kept = weighted_nms_lists(candidates[:, :4].tolist(), scores.tolist(), nms_iou)
+        # model-input 0..1 -> frame pixels, clipped to the frame (a few boxes: Python)
+        kx, ky = size[0] * placement.scale_x, size[1] * placement.scale_y
+        dx, dy = placement.pad_left, placement.pad_top
+        return [
+            (
+                min(max(x1 * kx - dx, 0.0), frame_w),
+                min(max(y1 * ky - dy, 0.0), frame_h),
+                min(max(x2 * kx - dx, 0.0), frame_w),
+                min(max(y2 * ky - dy, 0.0), frame_h),
+                score,
+            )
+            for (x1, y1, x2, y2), score in kept
+        ]
+
+
+def make(entry: ModelEntry, pre: ImageInput) -> BlazeFaceBoxes:
+    return BlazeFaceBoxes(entry, pre)

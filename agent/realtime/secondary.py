@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 
-from agent.pipeline.metrics import Window
+from agent.realtime.metrics import Window
 
 # one BGR face crop -> label scores (every label, in the model's order)
 SecondaryModel = Callable[[np.ndarray], Dict[str, float]]
@@ -33,7 +33,7 @@ SecondaryModel = Callable[[np.ndarray], Dict[str, float]]
 SecondaryLoader = Callable[[], Tuple[SecondaryModel, Callable[[], None]]]
 SecondaryState = Literal["loading", "ready", "failed", "stopped"]
 
-log = logging.getLogger("emotion_agent.pipeline.secondary")
+log = logging.getLogger("emotion_agent.realtime.secondary")
 
 
 def square_crop(image: np.ndarray, bbox: Tuple[float, float, float, float], margin: float):
@@ -173,14 +173,18 @@ class SecondaryWorker:
         so the loop makes one only then. A "no" is counted (``not_ready``, ``refused``)."""
         now = self._clock()
         with self._lock:
-            if self.state != "ready":
-                self.not_ready += 1
-                return False
-            too_soon = self._last_start is not None and now - self._last_start < self._interval
-            if self._busy or self._job is not None or too_soon:
-                self.refused += 1
-                return False
-            return True
+            return self._admits(now)
+
+    def _admits(self, now: float) -> bool:
+        """Ready, idle, and the rate allows (with the lock held); a "no" is counted."""
+        if self.state != "ready":
+            self.not_ready += 1
+            return False
+        too_soon = self._last_start is not None and now - self._last_start < self._interval
+        if self._busy or self._job is not None or too_soon:
+            self.refused += 1
+            return False
+        return True
 
     def offer(
         self,
@@ -195,12 +199,7 @@ class SecondaryWorker:
         reuse (:func:`square_crop` makes a new array)."""
         now = self._clock()
         with self._lock:
-            if self.state != "ready":
-                self.not_ready += 1
-                return False
-            too_soon = self._last_start is not None and now - self._last_start < self._interval
-            if self._busy or self._job is not None or too_soon:
-                self.refused += 1
+            if not self._admits(now):
                 return False
             self._job = SecondaryJob(track_id, frame_index, captured_at, crop, bbox)
             self._last_start = now

@@ -61,6 +61,62 @@ def test_disk(tmp_path):
 # -- clock -----------------------------------------------------------------------------
 
 
+# -- outbox -------------------------------------------------------------------------------
+
+
+def _stored_outbox(state_dir: Path, clock, events: int = 3):
+    from agent.events.models import EmotionEvent
+    from agent.mqtt.outbox import Outbox, OutboxLimits
+
+    box = Outbox(state_dir, OutboxLimits(), device_id="cam-1", fleet="lobby", wall_clock=clock)
+    box.start()
+    at = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+    for i in range(events):
+        box.put_event(
+            EmotionEvent(
+                type="new",
+                track_id=1,
+                timestamp=at,
+                frame_index=i,
+                duration_s=0.0,
+                label="happiness",
+            )
+        )
+    assert box.flush(10)
+    return box
+
+
+def test_outbox_absent_waiting_stale_lost_and_damaged(tmp_path):
+    from agent.doctor.outbox import check_outbox
+    from agent.mqtt.ledger import FILENAME as LEDGER
+    from agent.mqtt.outbox import FILENAME
+
+    assert check_outbox(tmp_path / "none").status == "ok"  # first start makes it
+
+    now = [1_800_000_000.0]
+    box = _stored_outbox(tmp_path, lambda: now[0])
+    try:  # read while the agent holds it open (WAL: the reader never blocks the writer)
+        fresh = check_outbox(tmp_path, wall=lambda: now[0] + 30)
+        assert fresh.status == "ok", fresh
+        assert fresh.message.startswith("3 events and 0 other messages waiting")
+        assert "the oldest for 30 s" in fresh.message
+
+        stale = check_outbox(tmp_path, wall=lambda: now[0] + 2 * 3600)
+        assert stale.status == "warn" and "the oldest for 2.0 h" in stale.message
+        assert "broker check" in (stale.hint or "")
+    finally:
+        box.close()
+
+    (tmp_path / LEDGER).write_bytes(b"EAUL1 4 17\n".ljust(63, b" ") + b"\n")
+    lost = check_outbox(tmp_path, wall=lambda: now[0])
+    assert lost.status == "warn" and lost.message.startswith("17 accepted events")
+
+    (tmp_path / LEDGER).unlink()
+    (tmp_path / FILENAME).write_bytes(b"not a database" * 100)
+    damaged = check_outbox(tmp_path)
+    assert damaged.status == "fail" and "move the file aside" in (damaged.hint or "")
+
+
 def test_clock():
     installed = datetime(2025, 9, 1, tzinfo=timezone.utc)
     now = datetime(2025, 10, 1, tzinfo=timezone.utc)
@@ -358,6 +414,7 @@ def test_doctor_command_all_ok_json(tmp_path, mosquitto):
     assert [c["name"] for c in report["checks"]] == [
         "config",
         "disk",
+        "outbox",
         "clock",
         "jtop",
         "backend",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from agent.config import AgentConfig, ConfigError, LoadedConfig
-from agent.doctor import modelfiles, network, secondary, system
+from agent.doctor import modelfiles, network, outbox, secondary, system
 from agent.doctor.report import CheckResult, DoctorReport, fail, warn
 from agent.platform import detect_platform
 from agent.telemetry.collector import default_sources, merge_device, utc_now
@@ -19,7 +19,8 @@ from agent.telemetry.jtop import JTOP_SOCKET
 from agent.telemetry.models import DeviceTelemetry
 
 CHECK_ORDER = (
-    "config", "disk", "clock", "jtop", "backend", "models", "secondary", "camera", "broker",
+    "config", "disk", "outbox", "clock", "jtop", "backend", "models", "secondary", "camera",
+    "broker",
 )  # fmt: skip
 
 
@@ -29,6 +30,7 @@ class DoctorEnv:
 
     root: Path = Path("/")
     now: Callable[[], datetime] = utc_now
+    wall: Callable[[], float] = time.time
     reference_time: Callable[[], Optional[datetime]] = system.package_time
     importer: Callable[[str], Any] = importlib.import_module
     statvfs: Callable[[str], Any] = os.statvfs
@@ -85,12 +87,13 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
         _guarded("clock", lambda: system.check_clock(env.now(), env.reference_time()), log)
     )
     if config is None:
-        for name in ("disk", "jtop", "backend", "models", "camera", "broker"):
+        for name in ("disk", "outbox", "jtop", "backend", "models", "camera", "broker"):
             checks.append(warn(name, "not checked: the configuration is invalid"))
     else:
         cfg = config
         checks += [
             _guarded("disk", lambda: system.check_disk(cfg.state_dir, env.statvfs), log),
+            _guarded("outbox", lambda: outbox.check_outbox(cfg.state_dir, env.wall), log),
             _guarded(
                 "jtop",
                 lambda: system.check_jtop(

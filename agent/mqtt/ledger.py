@@ -67,6 +67,16 @@ class Ledger:
             self._fd = None
 
 
+def read_record(path: Path) -> Optional[Tuple[int, int]]:
+    """The record (next_seq, unstored) without opening the ledger for writing (doctor);
+    None when the file does not exist."""
+    try:
+        with open(str(path), "rb") as handle:
+            return _decode(handle.read(RECORD_BYTES))
+    except FileNotFoundError:
+        return None
+
+
 def _encode(next_seq: int, unstored: int) -> bytes:
     text = f"{_MAGIC} {next_seq} {unstored}\n".encode("ascii")
     return text.ljust(RECORD_BYTES - 1, b" ") + b"\n"

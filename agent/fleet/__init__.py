@@ -1,0 +1,1 @@
+"""The fleet side (controller): tools and services that run off the devices."""

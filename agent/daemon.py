@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
-from agent.pipeline.metrics import MetricsSnapshot
-from agent.pipeline.secondary import SecondaryWorker
+from agent.realtime.metrics import MetricsSnapshot
+from agent.realtime.secondary import SecondaryWorker
 from agent.runtime import Runtime, build_runtime
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
@@ -45,7 +45,7 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.pipeline import (
+from agent.telemetry.loop_stats import (
     PipelineSnapshot,
     SecondarySnapshot,
     StageSnapshot,
@@ -67,7 +67,7 @@ OUTBOX_DEADLINE_S = 180.0
 
 def to_pipeline_snapshot(snap: MetricsSnapshot, backend: str) -> PipelineSnapshot:
     """The loop's metrics in telemetry's terms (the outbox depth comes from the publisher)."""
-    from agent.telemetry.pipeline import ModelSnapshot
+    from agent.telemetry.loop_stats import ModelSnapshot
 
     return PipelineSnapshot(
         stages=[StageSnapshot(s.name, s.fps, s.p50_ms, s.p95_ms, s.p99_ms) for s in snap.stages],

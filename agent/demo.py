@@ -2,7 +2,7 @@
 
 The real loop (detector, landmarks, emotion, tracking) runs on the synthetic
 camera (the bundled MIT sample photos panned across the frame), publishes through
-the real publisher and outbox to an embedded broker (agent/mqtt/broker.py) on a
+the real publisher and outbox to an embedded broker (agent/fleet/broker.py) on a
 free loopback port, and a subscriber prints every message as it arrives: status,
 events, telemetry, and the answer to a ``ping`` command sent at the start. State
 and engines live in a temporary directory.
@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 from agent.config import AgentConfig
 from agent.daemon import Daemon
-from agent.mqtt.broker import EmbeddedBroker
+from agent.fleet.broker import EmbeddedBroker
 from agent.mqtt.service import MqttService
 
 log = logging.getLogger("emotion_agent.demo")

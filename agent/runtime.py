@@ -18,21 +18,21 @@ import numpy as np
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
+from agent.engine_runners import EngineRunner, prepare_runners, runner_factory, secondary_settings
 from agent.events.sinks import EventSink
-from agent.inference import EngineRunner, prepare_runners, runner_factory, secondary_settings
 from agent.perception.factory import build_perception, manifest_for
-from agent.perception.pipeline import Runner
+from agent.perception.frame import Runner
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import timed
-from agent.pipeline.loop import Loop, LoopSettings
-from agent.pipeline.metrics import MetricsSnapshot, PipelineMetrics
-from agent.pipeline.secondary import (
+from agent.platform import detect_platform
+from agent.realtime.loop import Loop, LoopSettings
+from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics
+from agent.realtime.secondary import (
     SecondaryLoader,
     SecondaryModel,
     SecondarySettings,
     SecondaryWorker,
 )
-from agent.platform import detect_platform
 from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker

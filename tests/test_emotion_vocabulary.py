@@ -16,7 +16,7 @@ from agent.events.models import EmotionEvent
 from agent.events.vocabulary import event_schema
 from agent.mqtt.discovery import discovery_messages, emotion_labels
 from agent.mqtt.messages import EventMessage
-from agent.perception.pipeline import Perception, fuse_log_linear
+from agent.perception.frame import Perception, fuse_log_linear
 from agent.tracking import EmotionSmoother
 from agent.tracking.tracker import Track
 from engines.manifest import (
@@ -274,7 +274,7 @@ def test_perception_fuses_a_landmark_and_an_image_model():
 def test_fused_classifier_is_wired_by_name():
     """models.emotion: fused runs (and builds engines for, and checks) both members."""
     from agent.doctor.modelfiles import check_models
-    from agent.inference import selected_models
+    from agent.engine_runners import selected_models
 
     bundled = load_manifest()
     config = AgentConfig.model_validate({"models": {"emotion": "fused"}})

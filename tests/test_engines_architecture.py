@@ -60,3 +60,54 @@ def test_no_test_doubles_in_the_package():
         for path in sorted((REPO / folder).rglob("*.py")):
             text = path.read_text()
             assert "tests.fakes" not in text and "FakeGpu" not in text, path
+
+
+# The fleet (controller) side and the device side share only the MQTT protocol
+# (connection, topics, wire messages) and the models those carry.
+FLEET_MAY_IMPORT = (
+    "agent.fleet",
+    "agent.mqtt.client",
+    "agent.mqtt.topics",
+    "agent.mqtt.messages",
+    "agent.events.models",
+    "agent.events.fine",
+    "agent.telemetry.models",
+    "agent.config",
+    "agent.backoff",
+)
+# Where the two sides meet: the command line and the demo (a device and a broker).
+FLEET_IMPORTED_BY = ("agent/fleet/", "agent/cli/", "agent/demo.py")
+
+
+def _agent_modules(path):
+    return [m for m in imported_modules(path) if m == "agent" or m.startswith("agent.")]
+
+
+def _within(module, prefixes):
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_the_fleet_side_imports_only_the_shared_protocol():
+    paths = sorted((REPO / "agent" / "fleet").rglob("*.py"))
+    assert paths
+    for path in paths:
+        for module in _agent_modules(path):
+            assert _within(module, FLEET_MAY_IMPORT), f"{path.name} imports {module}"
+            assert module != "agent", f"{path.name} imports the agent package"
+
+
+def test_the_device_side_never_imports_the_fleet_side():
+    for path in sorted((REPO / "agent").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel.startswith(FLEET_IMPORTED_BY):
+            continue
+        for module in _agent_modules(path):
+            assert not _within(module, ("agent.fleet",)), f"{rel} imports {module}"
+
+
+def test_the_shared_protocol_imports_no_device_machinery():
+    # what the fleet side may import must not pull the device in behind its back
+    for name in ("client", "topics", "messages"):
+        path = REPO / "agent" / "mqtt" / f"{name}.py"
+        for module in _agent_modules(path):
+            assert _within(module, FLEET_MAY_IMPORT), f"{path.name} imports {module}"

@@ -17,8 +17,8 @@ from agent.capture import CaptureThread, FrameRing, open_source
 from agent.capture.ring import Frame
 from agent.capture.thread import Backoff
 from agent.perception.faces import EmotionResult
-from agent.pipeline.loop import Loop, LoopSettings
-from agent.pipeline.secondary import SecondaryWorker
+from agent.realtime.loop import Loop, LoopSettings
+from agent.realtime.secondary import SecondaryWorker
 from agent.tracking import EmotionSmoother, IoUTracker
 from tests.conftest import REPO, run_cli
 from tests.onnx_models import manifest_with_test_emotion
@@ -381,7 +381,7 @@ def test_bench_tracemalloc_reports_growth_per_half_and_where(manifest):
 
 
 def test_metrics_window_keeps_the_last_samples_and_sums_them_all():
-    from agent.pipeline.metrics import Window
+    from agent.realtime.metrics import Window
 
     window = Window(4)
     for i in range(10):

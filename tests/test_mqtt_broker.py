@@ -1,4 +1,4 @@
-"""The embedded broker (agent/mqtt/broker.py) with paho clients, MQTT 5 and 3.1.1:
+"""The embedded broker (agent/fleet/broker.py) with paho clients, MQTT 5 and 3.1.1:
 wildcards, QoS 0/1/2, retained messages, the will, keepalive, MQTT 5 properties,
 and the real publisher through it."""
 
@@ -11,7 +11,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config.models import AgentConfig
-from agent.mqtt.broker import EmbeddedBroker, topic_matches
+from agent.fleet.broker import EmbeddedBroker, topic_matches
 from agent.mqtt.publisher import Publisher
 from tests.mqtt_feeder import synthetic_event
 from tests.mqtt_helpers import Subscriber, wait_until

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List
 
 from agent.config.models import AgentConfig
-from agent.mqtt.client import Backoff
+from agent.mqtt.client import Backoff, ConnectionSettings, MqttConnection
 from agent.mqtt.messages import EventMessage, StatusMessage
 from agent.mqtt.outbox import FILENAME
 from agent.mqtt.publisher import Publisher
@@ -267,3 +267,21 @@ def test_in_flight_messages_lost_in_a_partition_survive_an_agent_crash(tmp_path,
     )
     sub.close()
     proxy.close()
+
+
+def test_publish_and_wait_forgets_a_waiter_that_timed_out(mosquitto):
+    # Through a proxy that swallows every byte, the acknowledgement never comes: the
+    # call gives up after its timeout, and its waiter must not stay behind (one per
+    # timed-out call, for ever; a later publish with the same paho mid would wake it).
+    proxy = TcpProxy((mosquitto.host, mosquitto.port))
+    connection = MqttConnection(ConnectionSettings(proxy.host, proxy.port, "waiter")).start()
+    try:
+        assert connection.wait_connected(10)
+        assert connection.publish_and_wait("t/acked", b"1", timeout=5)
+        assert connection._waiters == {}
+        proxy.blackhole = True
+        assert not connection.publish_and_wait("t/swallowed", b"2", timeout=0.3)
+        assert wait_until(lambda: connection._waiters == {}, 2.0), connection._waiters
+    finally:
+        connection.stop()
+        proxy.close()

@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 import pytest
 
 from agent.config.models import AgentConfig
+from agent.fleet.send import parse_args
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import InboundMessage
-from agent.mqtt.fleet import FleetView, parse_args
 from agent.mqtt.service import MqttService
 from agent.telemetry.models import (
     AgentTelemetry,

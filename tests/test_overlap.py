@@ -13,8 +13,8 @@ import pytest
 from agent.capture import FrameRing
 from agent.capture.ring import RingClosed
 from agent.perception.faces import EmotionResult
-from agent.pipeline.ahead import DetectAhead
-from agent.pipeline.loop import Loop
+from agent.realtime.detect_ahead import DetectAhead
+from agent.realtime.loop import Loop
 from tests.test_loop import LABELS, ListSink
 from tests.test_loop import make_loop as loop_for_tests
 
@@ -172,7 +172,7 @@ def test_a_failed_detection_is_logged_and_the_loop_goes_on(caplog):
     loop = make_loop(perception, sink, overlap=True)
     ring = FrameRing(4, lossless=True)
     feed(ring, 20)
-    with caplog.at_level("ERROR", logger="emotion_agent.pipeline"):
+    with caplog.at_level("ERROR", logger="emotion_agent.realtime"):
         assert loop.run(ring, threading.Event()) == 20
     failed = [r for r in caplog.records if "failed" in r.getMessage()]
     assert [r.getMessage() for r in failed] == ["frame 3 failed", "frame 4 failed"]

@@ -220,7 +220,7 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     import ctypes
 
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners, runner_factory
+    from agent.engine_runners import prepare_runners, runner_factory
     from agent.perception.factory import build_perception
 
     config = AgentConfig.model_validate(
@@ -243,7 +243,7 @@ def test_the_detector_input_padding_is_filled_once_per_frame_size(tmp_path, fram
     shapes = [(720, 1280), (720, 1280), (480, 640), (1280, 720), (1280, 720), (720, 1280)]
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("agent.perception.pipeline.prepare_image", spy)
+            mp.setattr("agent.perception.frame.prepare_image", spy)
             for h, w in shapes:
                 frame = cv2.resize(base, (w, h))
                 frame[rng.random((h, w)) < 0.2] = 255  # what lands in the bands if unfilled
@@ -274,7 +274,7 @@ def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     engines' bound input buffers, so that per frame only the emotion features (a few
     hundred bytes per face) are copied, and the faces are those of plain runners."""
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners, runner_factory
+    from agent.engine_runners import prepare_runners, runner_factory
     from agent.perception.factory import build_perception
 
     config = AgentConfig.model_validate(

@@ -21,15 +21,15 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.config.models import AgentConfig
 from agent.doctor.secondary import check_secondary
 from agent.events.fine import FineEmotion, FineEmotionsEvent
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import InboundMessage
-from agent.mqtt.fleet import FleetView
 from agent.mqtt.messages import render_event
 from agent.mqtt.service import MqttService
-from agent.pipeline.secondary import SecondaryWorker, square_crop, top_k
 from agent.platform import PlatformInfo
+from agent.realtime.secondary import SecondaryWorker, square_crop, top_k
 from agent.runtime import build_runtime, refuse_if_too_big, secondary_model
+from agent.telemetry.loop_stats import PipelineSnapshot, SecondarySnapshot, status_line, to_wire
 from agent.telemetry.models import TelemetryMessage
-from agent.telemetry.pipeline import PipelineSnapshot, SecondarySnapshot, status_line, to_wire
 from engines.manifest import file_sha256, load_manifest
 from tests.conftest import REPO
 from tests.mqtt_feeder import synthetic_event
@@ -188,7 +188,7 @@ def test_a_failing_model_is_counted_and_the_worker_goes_on():
 def test_the_loop_runs_while_the_secondary_engine_is_prepared(tmp_path):
     manifest = secondary_manifest(tmp_path / "fine")
     release = threading.Event()
-    from agent.inference import EngineRunner
+    from agent.engine_runners import EngineRunner
     from engines.backend import ModelSpec
     from engines.onnxruntime_backend import OnnxRuntimeToolchain
 

@@ -184,7 +184,7 @@ def test_message_pipeline_agent_and_wire_format():
 
 
 def test_tensorrt_failures_are_flagged_in_telemetry_and_the_status_line():
-    from agent.telemetry.pipeline import to_wire
+    from agent.telemetry.loop_stats import to_wire
 
     snapshot = PipelineSnapshot(
         models=[ModelSnapshot("emotion", "emotionnet", "onnxruntime")],
@@ -277,7 +277,7 @@ def test_the_daemon_reports_the_runtime_s_tensorrt_failures():
     from types import SimpleNamespace
 
     from agent.daemon import Daemon
-    from agent.pipeline.metrics import MetricsSnapshot
+    from agent.realtime.metrics import MetricsSnapshot
 
     class Sink:
         def emit(self, event):

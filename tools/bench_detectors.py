@@ -24,7 +24,7 @@ downloaded at run time; the inputs are:
 * the ONNX detectors: the bundled ones (engines/models) and, for the comparison, the
   other BlazeFace variants built by tools/blazeface/port.py into build/blazeface/onnx.
 
-Detection settings (agent/perception/pipeline.py, as the agent runs them): NMS IoU 0.3
+Detection settings (agent/perception/frame.py, as the agent runs them): NMS IoU 0.3
 (the configuration default), ``min_face_px`` 8 (the smallest allowed, so that the size
 filter does not hide what the detector finds), scores kept down to 0.3 so that recall
 and false positives can be read at several thresholds (0.5 is the default).

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def main() -> int:
     sys.path.insert(0, str(REPO))
     from agent.config import AgentConfig
-    from agent.inference import prepare_runners
+    from agent.engine_runners import prepare_runners
     from agent.perception.factory import build_perception, manifest_for
     from agent.perception.preprocess import prepare_image
     from agent.perception.video import cv2_module

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Set
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.config import AgentConfig
-from agent.inference import engine_settings, selected_models
+from agent.engine_runners import engine_settings, selected_models
 from engines.cache import EngineCache, EntryStatus
 from engines.manifest import LoadedManifest, ManifestError, ModelIntegrityError, load_manifest
 from engines.prepare import (

@@ -13,8 +13,9 @@ from typing import Callable
 from agent.cli import fleet_record_cmd
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
+from agent.fleet.send import parse_args, send_command
+from agent.fleet.watch import FleetView
 from agent.mqtt.client import ConnectionSettings, MqttConnection
-from agent.mqtt.fleet import FleetView, parse_args, send_command
 from agent.mqtt.topics import Topics
 
 

@@ -197,7 +197,7 @@ def emotion_labels(config: AgentConfig) -> List[str]:
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:
     """The ``rebuild-engines`` command: rebuild the selected models' engines (force),
     while the pipeline is stopped; the restarted pipeline loads them from the cache."""
-    from agent.inference import engine_settings, selected_models
+    from agent.engine_runners import engine_settings, selected_models
     from agent.perception.factory import manifest_for
     from engines.prepare import prepare_engines
 

@@ -1,3 +1,4 @@
-"""The MQTT fleet protocol: topics, wire messages, the durable outbox, the
-publisher, remote commands, Home Assistant discovery, controller-side fleet
-tools and the embedded broker of ``emotion-agent demo`` (docs/mqtt.md)."""
+"""The device's side of the MQTT fleet protocol: topics, wire messages and the
+connection (the protocol, shared with the controller side in ``agent.fleet``), the
+durable outbox, the publisher, remote commands and Home Assistant discovery
+(docs/mqtt.md)."""

@@ -124,11 +124,22 @@ def _noop() -> None:
 
 
 @dataclass
-class _Hooks:
+class ConnectionHooks:
+    """What the connection's owner hears, all on the network thread; given at
+    construction (``MqttConnection(..., hooks=...)``) and not changed after."""
+
     on_connected: Callable[[], None] = _noop
     on_disconnected: Callable[[], None] = _noop
     on_ack: Callable[[int, bool, str], None] = lambda mid, ok, reason: None
     pump: Callable[[], None] = _noop
+
+
+@dataclass
+class _Waiter:
+    """A publish_and_wait() call waiting for its acknowledgement."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
 
 
 @dataclass
@@ -160,19 +171,20 @@ class MqttConnection:
         *,
         will: Optional[Will] = None,
         will_qos: int = 1,
+        hooks: Optional[ConnectionHooks] = None,
         rng: Optional[random.Random] = None,
         logger: Optional[logging.Logger] = None,
         name: str = "mqtt",
     ) -> None:
         self.settings = settings
-        self.hooks = _Hooks()
+        self.hooks = hooks or ConnectionHooks()
         self._will = will
         self._will_qos = will_qos
         self._log = logger or log
         self._name = name
         self._subs: List[_Subscription] = []
         self._calls = queue.Queue()  # type: ignore[var-annotated]  # of callables
-        self._waiters: Dict[int, Tuple[threading.Event, Dict[str, bool]]] = {}
+        self._waiters: Dict[int, _Waiter] = {}  # paho mid -> waiter (network thread)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -272,22 +284,27 @@ class MqttConnection:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, timeout: float = 5.0
     ) -> bool:
         """Publish and wait for the broker's acknowledgement. False if not connected or
-        not acknowledged (successfully) within ``timeout``."""
+        not acknowledged (successfully) within ``timeout``; a waiter that timed out is
+        forgotten (on the network thread, after its publish)."""
         if not self.connected or self._thread is None:
             return False
-        done = threading.Event()
-        outcome = {"ok": False}
+        waiter = _Waiter()
 
         def send() -> None:
             result = self.publish_now(topic, payload, qos, retain)
             if result.mid is None:
-                done.set()
+                waiter.done.set()
             else:
-                self._waiters[result.mid] = (done, outcome)
+                self._waiters[result.mid] = waiter
+
+        def forget() -> None:
+            for mid in [mid for mid, w in self._waiters.items() if w is waiter]:
+                del self._waiters[mid]
 
         self.call(send)
-        done.wait(timeout)
-        return outcome["ok"]
+        if not waiter.done.wait(timeout):
+            self.call(forget)
+        return waiter.ok
 
     # -- network thread only -------------------------------------------------------------
 
@@ -365,8 +382,8 @@ class MqttConnection:
             ok = not getattr(reason_code, "is_failure", False)
             waiter = self._waiters.pop(mid, None)
             if waiter is not None:
-                waiter[1]["ok"] = ok
-                waiter[0].set()
+                waiter.ok = ok
+                waiter.done.set()
             self.hooks.on_ack(mid, ok, str(reason_code))
         except Exception:
             self._log.exception("on_publish handler failed")

@@ -19,12 +19,14 @@ acknowledged it.
 
 import logging
 import time
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 from agent import __version__
 from agent.config import AgentConfig
 from agent.events.fine import AnyEvent
-from agent.mqtt.client import ConnectionSettings, MqttConnection
+from agent.mqtt.client import ConnectionHooks, ConnectionSettings, MqttConnection
 from agent.mqtt.messages import (
     ConnectionTelemetry,
     OutboxTelemetry,
@@ -41,12 +43,26 @@ from agent.telemetry.models import TelemetryMessage
 log = logging.getLogger("emotion_agent.mqtt")
 
 
+@dataclass(frozen=True)
+class OutboxSettings:
+    """Where and how large the outbox is (``mqtt.outbox`` and ``state_dir``)."""
+
+    state_dir: Path
+    limits: OutboxLimits
+    max_pending: int = 10_000
+    pending_policy: str = "drop-oldest"
+
+
 class Publisher:
+    """Owns its outbox and its connection: it makes both, handing each the callbacks
+    it hears (commits, outbox health; connects, acknowledgements, the pump, the
+    last will) at construction; nothing is rewired afterwards."""
+
     def __init__(
         self,
-        outbox: Outbox,
-        connection: MqttConnection,
         topics: Topics,
+        connection: ConnectionSettings,
+        outbox: OutboxSettings,
         *,
         qos: int = 1,
         window: int = 100,
@@ -56,8 +72,6 @@ class Publisher:
         wall_clock: Callable[[], float] = time.time,
         logger: Optional[logging.Logger] = None,
     ) -> None:
-        self.outbox = outbox
-        self.connection = connection
         self.topics = topics
         self.qos = qos
         self.window = window
@@ -72,14 +86,27 @@ class Publisher:
         self.acked = 0
         self.refused = 0
         self.published = 0
-        self.on_connected_hooks = []  # type: ignore[var-annotated]  # e.g. HA discovery
-        outbox.on_commit = self._committed
-        outbox.on_health = self._outbox_health
-        hooks = connection.hooks
-        hooks.pump = self._pump
-        hooks.on_ack = self._on_ack
-        hooks.on_connected = self._on_connected
+        self.on_connected_hooks: List[Callable[[], None]] = []  # e.g. HA discovery
         self._closed = False
+        self.outbox = Outbox(
+            outbox.state_dir,
+            outbox.limits,
+            device_id=topics.device,
+            fleet=topics.fleet,
+            max_pending=outbox.max_pending,
+            pending_policy=outbox.pending_policy,
+            on_commit=self._committed,
+            on_health=self._outbox_health,
+            logger=logger,
+        )
+        self.connection = MqttConnection(
+            connection,
+            will=self.will,
+            hooks=ConnectionHooks(
+                on_connected=self._on_connected, on_ack=self._on_ack, pump=self._pump
+            ),
+            logger=logger,
+        )
 
     @classmethod
     def from_config(
@@ -87,36 +114,23 @@ class Publisher:
     ) -> "Publisher":
         """The outbox in ``state_dir`` and a connection to the configured broker (not started)."""
         m = config.mqtt
-        topics = Topics(m.topic_prefix, config.device.fleet, config.device.id)
-        outbox = Outbox(
-            config.state_dir,
-            OutboxLimits(
-                m.outbox.max_messages, int(m.outbox.max_mib * 1024 * 1024), m.outbox.max_age_s
-            ),
-            device_id=config.device.id,
-            fleet=config.device.fleet,
-            max_pending=m.outbox.max_pending,
-            pending_policy=m.outbox.pending_policy,
-            logger=logger,
-        )
-        holder: Dict[str, Publisher] = {}
-        connection = MqttConnection(
+        return cls(
+            Topics(m.topic_prefix, config.device.fleet, config.device.id),
             ConnectionSettings.from_config(config, **conn),  # type: ignore[arg-type]
-            will=lambda: holder["p"].will(),
-            logger=logger,
-        )
-        publisher = cls(
-            outbox,
-            connection,
-            topics,
+            OutboxSettings(
+                config.state_dir,
+                OutboxLimits(
+                    m.outbox.max_messages, int(m.outbox.max_mib * 1024 * 1024), m.outbox.max_age_s
+                ),
+                max_pending=m.outbox.max_pending,
+                pending_policy=m.outbox.pending_policy,
+            ),
             qos=m.qos,
             window=m.outbox.inflight,
             site=config.device.site,
             flush_timeout_s=m.outbox.flush_timeout_s,
             logger=logger,
         )
-        holder["p"] = publisher
-        return publisher
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -6,6 +6,6 @@ package does not care which backend (TensorRT, ONNX Runtime) runs them.
 """
 
 from agent.perception.faces import EmotionResult, Face
-from agent.perception.pipeline import Perception, PerceptionSettings
+from agent.perception.frame import Perception, PerceptionSettings
 
 __all__ = ["EmotionResult", "Face", "Perception", "PerceptionSettings"]

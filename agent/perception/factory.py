@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from agent.config import AgentConfig
-from agent.perception.pipeline import Perception, PerceptionSettings, Runner
+from agent.perception.frame import Perception, PerceptionSettings, Runner
 from engines.manifest import LoadedManifest, ResolvedModel, load_manifest
 
 # backend factory: a verified manifest model -> a runner (batch in, output out)

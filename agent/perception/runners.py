@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from agent.perception.pipeline import Runner
+from agent.perception.frame import Runner
 from engines.manifest import ResolvedModel
 from engines.onnxruntime_backend import choose_threads
 

@@ -7,7 +7,8 @@ Modules (dependencies point down):
 - ``jtop``: the jetson-stats source; ``device``: the /sys + /proc source, built
   on ``jetson`` (thermal, GPU, power rails, fans, nvpmodel), ``procfs`` (CPU,
   memory, uptime) and ``sysfs`` (safe file reading below an injectable root);
-- ``pipeline``: the snapshot the real-time loop provides, and systemd's status line;
+- ``loop_stats``: the statistics the real-time loop provides (a snapshot), and
+  systemd's status line;
 - ``models``: the wire format (pydantic, unknown keys forbidden).
 
 See docs/telemetry.md.
@@ -21,14 +22,14 @@ from agent.telemetry.collector import (
     config_hash,
     default_sources,
 )
-from agent.telemetry.models import SCHEMA_VERSION, DeviceTelemetry, TelemetryMessage
-from agent.telemetry.pipeline import (
+from agent.telemetry.loop_stats import (
     ModelSnapshot,
     PipelineSnapshot,
     PipelineSnapshotProvider,
     StageSnapshot,
     status_line,
 )
+from agent.telemetry.models import SCHEMA_VERSION, DeviceTelemetry, TelemetryMessage
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -26,13 +26,13 @@ from agent.platform import detect_platform
 from agent.telemetry.device import SysfsSource, run_command
 from agent.telemetry.jetson import CommandRunner
 from agent.telemetry.jtop import JTOP_SOCKET, Importer, JtopSource, default_factory, jtop_available
+from agent.telemetry.loop_stats import PipelineSnapshotProvider, to_wire
 from agent.telemetry.models import (
     DEVICE_VALUE_FIELDS,
     AgentTelemetry,
     DeviceTelemetry,
     TelemetryMessage,
 )
-from agent.telemetry.pipeline import PipelineSnapshotProvider, to_wire
 
 
 class DeviceSource(Protocol):

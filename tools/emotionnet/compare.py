@@ -14,7 +14,7 @@ Splits (the same faces for every variant, our landmarks and crops):
 
 Variants: ``emotionnet`` (landmarks, the bundled ONNX), ``face_expression`` (face-api.js's
 expression net, the bundled ONNX port, on the landmark net's own 112x112 crop),
-``fused`` (log-linear fusion of the two, ``agent.perception.pipeline.fuse_log_linear``,
+``fused`` (log-linear fusion of the two, ``agent.perception.frame.fuse_log_linear``,
 with the weights and bias of the bundled manifest's fusion, or, with ``--fit-fusion``,
 fitted here on FER+ PublicTest by minimising the log loss and printed for the manifest),
 the ``fer`` pip package (predictions made by ``peer_fer.py`` in its own venv) and the

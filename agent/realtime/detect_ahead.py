@@ -26,7 +26,7 @@ from typing import Any, Callable, List, Optional
 import numpy as np
 
 from agent.capture.ring import Frame, FrameRing
-from agent.perception.pipeline import Box
+from agent.perception.frame import Box
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Detected:
 
 _END = object()
 
-log = logging.getLogger("emotion_agent.pipeline")
+log = logging.getLogger("emotion_agent.realtime")
 
 
 class DetectAhead:

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 
-from agent.pipeline.metrics import Window
+from agent.realtime.metrics import Window
 
 # one BGR face crop -> label scores (every label, in the model's order)
 SecondaryModel = Callable[[np.ndarray], Dict[str, float]]
@@ -33,7 +33,7 @@ SecondaryModel = Callable[[np.ndarray], Dict[str, float]]
 SecondaryLoader = Callable[[], Tuple[SecondaryModel, Callable[[], None]]]
 SecondaryState = Literal["loading", "ready", "failed", "stopped"]
 
-log = logging.getLogger("emotion_agent.pipeline.secondary")
+log = logging.getLogger("emotion_agent.realtime.secondary")
 
 
 def square_crop(image: np.ndarray, bbox: Tuple[float, float, float, float], margin: float):

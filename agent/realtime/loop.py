@@ -2,7 +2,7 @@
 landmarks and emotion for every tracked face in one batch, smooth, emit events.
 
 With ``overlap`` (``pipeline.overlap_detection``, the default) the detector runs
-one frame ahead on its own thread (:mod:`agent.pipeline.ahead`) while this loop
+one frame ahead on its own thread (:mod:`agent.realtime.detect_ahead`) while this loop
 finishes the frame before; without it, each frame goes through every stage
 before the next is taken.
 
@@ -24,14 +24,14 @@ from agent.capture.ring import Frame, FrameRing
 from agent.events.fine import FineEmotion, FineEmotionsEvent
 from agent.events.models import EmotionEvent
 from agent.events.sinks import EventSink
-from agent.perception.pipeline import Box, Perception
-from agent.pipeline.ahead import DetectAhead
-from agent.pipeline.metrics import PipelineMetrics
-from agent.pipeline.secondary import SecondaryResult, SecondaryWorker, square_crop, top_k
+from agent.perception.frame import Box, Perception
+from agent.realtime.detect_ahead import DetectAhead
+from agent.realtime.metrics import PipelineMetrics
+from agent.realtime.secondary import SecondaryResult, SecondaryWorker, square_crop, top_k
 from agent.tracking.smoothing import EmotionSmoother
 from agent.tracking.tracker import IoUTracker, Track, TrackUpdate
 
-log = logging.getLogger("emotion_agent.pipeline")
+log = logging.getLogger("emotion_agent.realtime")
 
 
 @dataclass(frozen=True)

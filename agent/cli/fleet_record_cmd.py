@@ -167,6 +167,7 @@ def _record(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def _simulate(args: argparse.Namespace, ctx: CliContext) -> int:
+    from agent import __version__
     from agent.fleet.simulate import Simulation, SimulationSettings
 
     config = ctx.load().config
@@ -188,6 +189,7 @@ def _simulate(args: argparse.Namespace, ctx: CliContext) -> int:
         seed=args.seed,
         username=m.username,
         password=password,
+        version=__version__,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -30,7 +30,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__
 from agent.events.models import EmotionEvent
 from agent.mqtt.messages import (
     ConnectionTelemetry,
@@ -74,6 +73,7 @@ class SimulationSettings:
     username: Optional[str] = None
     password: Optional[str] = None
     device_offset: int = 0  # device names start at sim-<offset+1>
+    version: str = "0.0.0+sim"  # the agent version the devices report
 
 
 @dataclass
@@ -174,7 +174,7 @@ class Simulation:
                 fleet=device.topics.fleet,
                 timestamp=at,
                 state=state,
-                version=__version__,
+                version=self.settings.version,
                 site=device.site,
             )
         )
@@ -280,7 +280,7 @@ class Simulation:
             device_id=device.topics.device,
             fleet=device.topics.fleet,
             timestamp=_utc(now),
-            agent=AgentTelemetry(version=__version__, uptime_s=round(now - self._t0, 1)),
+            agent=AgentTelemetry(version=self.settings.version, uptime_s=round(now - self._t0, 1)),
             pipeline=PipelineTelemetry(
                 fps=fps,
                 latency_ms_p50=round(1000 / fps * 0.8, 2),

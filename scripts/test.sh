@@ -3,8 +3,9 @@
 #   ./scripts/test.sh [pytest arguments]
 #
 # 1. installs the system packages the tests use (apt: mosquitto, libsystemd-dev,
-#    pkg-config, python3-venv, gcc, postgresql: the recorder tests start their own
-#    server in a temporary directory) when they are missing;
+#    pkg-config, python3-venv, gcc; postgresql: the recorder tests start their own
+#    server in a temporary directory; chromium: the dashboard's headless browser test)
+#    when they are missing;
 # 2. creates a virtual environment (.venv-test) and installs the package with its
 #    cpu, systemd, dev and fleet extras;
 # 3. runs ruff (target py38), vermin (-t=3.8-) and pytest;
@@ -24,7 +25,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc
     systemd-container debootstrap openssh-client iproute2 util-linux
-    postgresql)
+    postgresql chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -107,6 +107,25 @@ def add_actions(
     common(simulate)
     simulate.set_defaults(handler=_simulate)
 
+    serve = actions.add_parser(
+        "serve",
+        help="a read-only web dashboard over the recorder's store (localhost by default)",
+        description=(
+            "Serve the fleet dashboard (device table, device charts, site view, lost events) "
+            "over the store that fleet record writes. Read-only, no authentication: it listens "
+            "on 127.0.0.1 unless --listen says otherwise; put it behind a reverse proxy with "
+            "authentication before exposing it (docs/fleet.md)."
+        ),
+    )
+    serve.add_argument("--db", metavar="URL", help="as for fleet record")
+    serve.add_argument(
+        "--listen", default="127.0.0.1", metavar="ADDR", help="address to bind (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    common(serve)
+    serve.set_defaults(handler=_serve)
+
 
 def _stop_on_signals(stop: threading.Event) -> None:
     if threading.current_thread() is threading.main_thread():
@@ -203,3 +222,36 @@ def _simulate(args: argparse.Namespace, ctx: CliContext) -> int:
     json.dump(summary, ctx.stdout)
     ctx.stdout.write("\n")
     return EXIT_OK if report.connected == report.devices else EXIT_FAILURE
+
+
+def _serve(args: argparse.Namespace, ctx: CliContext) -> int:
+    from agent.fleet.dashboard import DashboardApi, DashboardServer, is_loopback
+    from agent.fleet.store import StoreError, open_store, redact
+
+    config = ctx.load().config
+    url = args.db or str(config.state_dir / "fleet.sqlite3")
+    try:
+        store = open_store(url, time.time())
+        server = DashboardServer(DashboardApi(store), args.listen, args.port).start()
+    except (StoreError, OSError) as exc:
+        print(f"emotion-agent fleet serve: {exc}", file=ctx.stderr)
+        return EXIT_FAILURE
+    host, port = server.address
+    if not is_loopback(args.listen):
+        ctx.logger.warning(
+            "the dashboard listens on %s: it has no authentication; anyone who can reach "
+            "this port sees the fleet. Put it behind a reverse proxy with authentication "
+            "(docs/fleet.md)",
+            args.listen,
+        )
+    ctx.logger.info("dashboard of %s on http://%s:%d/", redact(url), host, port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        stop.wait(args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        store.close()
+    return EXIT_OK

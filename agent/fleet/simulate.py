@@ -248,7 +248,7 @@ class Simulation:
         hour = _utc(now).hour
         # a site-dependent mood that drifts with the hour (for the site view)
         bias = (device.index % 7 + hour) % len(LABELS)
-        weights = [1.0 + (3.0 if j == bias else 0.0) + rng.random() for j in range(len(LABELS))]
+        weights = [1.0 + (1.2 if j == bias else 0.0) + 2 * rng.random() for j in range(len(LABELS))]
         total = sum(weights)
         scores = {label: round(w / total, 4) for label, w in zip(LABELS, weights)}
         label = max(scores, key=lambda k: scores[k])

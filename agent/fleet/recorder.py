@@ -125,7 +125,7 @@ class Recorder:
         self.stats = RecorderStats()
         self._clock = clock
         self._log = logger or log
-        self._queue: queue.Queue[_Inbound] = queue.Queue()
+        self._queue = queue.Queue()  # type: ignore[var-annotated]  # of _Inbound
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()

@@ -135,6 +135,7 @@ def main() -> int:
         "event_rate_per_device": args.event_rate,
         "telemetry_interval_s": args.telemetry_interval,
         "seconds": args.seconds,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     try:
         sim = subprocess.Popen(
@@ -227,6 +228,7 @@ def main() -> int:
         result["events_stored"] = counts["events"]
         result["events_lost"] = lost
         result["gaps_recorded"] = store.missing()
+        result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
         if args.offline:
             result["offline"] = measure_offline(broker.port, url, args.offline)
     finally:

@@ -356,7 +356,9 @@ class Simulation:
                 self._publish(self.devices[index], kind)
                 period = 1.0 / s.event_rate if kind == "event" else s.telemetry_interval_s
                 if not (kind == "event" and self._done(self.devices[index])):
-                    self._schedule(max(due + period, now - period), index, kind)
+                    # no tick is skipped: a simulator starved of CPU catches up (a
+                    # device's camera does not stop producing events either)
+                    self._schedule(due + period, index, kind)
             if now - last_misc >= 0.5:
                 last_misc = now
                 for device in self.devices:

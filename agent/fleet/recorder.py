@@ -78,6 +78,7 @@ class RecorderStats:
     store_errors: int = 0
     connects: int = 0
     session_present: Optional[bool] = None
+    refused_subscriptions: int = 0
     lag_s: Deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def lag_percentile(self, q: float) -> Optional[float]:
@@ -161,7 +162,7 @@ class Recorder:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_subscribe = lambda *a: self._subscribed.set()
+        client.on_subscribe = self._on_subscribe
         return client
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -215,6 +216,17 @@ class Recorder:
         subs = [(f, SubscribeOptions(qos=1)) for f, _ in self.settings.filters()]
         client.subscribe(subs)
         self._connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        refused = [
+            f
+            for (f, _), rc in zip(self.settings.filters(), reason_codes)
+            if getattr(rc, "is_failure", False)
+        ]
+        for topic_filter in refused:  # an ACL that does not allow the recorder to read
+            self._log.error("the broker refused the subscription %s", topic_filter)
+        self.stats.refused_subscriptions = len(refused)
+        self._subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()

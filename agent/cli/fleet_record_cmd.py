@@ -60,7 +60,13 @@ def add_actions(
         metavar="D",
         help="delete events, telemetry and gaps older than D days (default 30; 0: keep all)",
     )
-    record.add_argument("--receive-maximum", type=int, default=1000, metavar="N")
+    record.add_argument(
+        "--receive-maximum",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="messages in flight to the recorder, unacknowledged (default 10000)",
+    )
     record.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     record.add_argument(
         "--stats", metavar="FILE", help="write the recorder's counters as JSON at exit"

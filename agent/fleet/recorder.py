@@ -52,8 +52,8 @@ class RecorderSettings:
     fleet: str = "+"
     group: Optional[str] = "recorders"  # the shared subscription's group; None: not shared
     session_expiry_s: int = 86400  # how long the broker keeps the session of a vanished recorder
-    receive_maximum: int = 1000  # unacknowledged messages in flight to this recorder
-    batch_max: int = 1000
+    receive_maximum: int = 10000  # unacknowledged messages in flight to this recorder
+    batch_max: int = 2000
     batch_wait_s: float = 0.05
     retry_s: float = 1.0  # after a failed store write
 

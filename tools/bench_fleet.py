@@ -49,6 +49,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def postgres_cpu(server) -> float:
+    """CPU seconds of the test server's processes (those with its data directory)."""
+    total = 0.0
+    data = str(server.directory / "data")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            environ_cmd = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_cmd = Path(f"/proc/{parent}/cmdline").read_bytes()
+            if data.encode() in environ_cmd or data.encode() in parent_cmd:
+                total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def quantile(values: List[float], q: float) -> Optional[float]:
     if not values:
         return None
@@ -162,6 +182,7 @@ def main() -> int:
         )
         pids = {"broker": broker.process.pid, "recorder": recorder.pid, "simulator": sim.pid}
         before = {k: cpu_seconds(p) for k, p in pids.items()}
+        pg_before = postgres_cpu(server) if server is not None else 0.0
         last = dict(before)
         done = threading.Event()
 
@@ -180,6 +201,9 @@ def main() -> int:
         sampler.join()
         after = {k: cpu_seconds(p) for k, p in pids.items() if k != "simulator"}
         after["simulator"] = last["simulator"]
+        if server is not None:  # the server's processes (postmaster, the recorder's backend...)
+            after["postgresql"] = postgres_cpu(server)
+            before["postgresql"] = pg_before
         if sim.returncode != 0:
             raise SystemExit(f"simulate failed: {err[-2000:]}")
         report = json.loads((tmp / "sim.json").read_text())

@@ -239,6 +239,8 @@ def test_fleet_record_and_simulate_from_the_command_line(start_mosquitto, tmp_pa
                 "10",
                 "--lose-every",
                 "4",
+                "--offset",
+                "10",
                 "--report",
                 str(tmp_path / "sim.json"),
             ],
@@ -254,6 +256,11 @@ def test_fleet_record_and_simulate_from_the_command_line(start_mosquitto, tmp_pa
         assert summary["events"] == 5 * 8 and summary["lost_on_purpose"] == 5 * 2
         assert wait_until(lambda: store.counts()["events"] >= 40, 20)
         assert store.missing() == 5 * 2  # seqs 4 and 8 of each device
+        report = json.loads((tmp_path / "sim.json").read_text())
+        assert sorted(report["last_seq"]) == [f"sim/sim-{i:04d}" for i in range(11, 16)]
+        assert sorted(d["device_id"] for d in store.devices()) == [
+            f"sim-{i:04d}" for i in range(11, 16)
+        ]
     finally:
         rec.send_signal(signal.SIGTERM)
         _, err = rec.communicate(timeout=20)

@@ -85,6 +85,13 @@ def add_actions(
     )
     simulate.add_argument("--devices", type=int, default=10, metavar="N")
     simulate.add_argument("--fleet", default="sim")
+    simulate.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="name the devices sim-<N+1>... (several simulator processes side by side)",
+    )
     simulate.add_argument("--sites", type=int, default=10, metavar="N")
     simulate.add_argument(
         "--event-rate",
@@ -215,6 +222,7 @@ def _simulate(args: argparse.Namespace, ctx: CliContext) -> int:
         username=m.username,
         password=password,
         version=__version__,
+        device_offset=args.offset,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

@@ -218,10 +218,11 @@ def test_fleet_record_and_simulate_from_the_command_line(start_mosquitto, tmp_pa
         ],
         cwd=str(REPO),
         env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=open(tmp_path / "record.log", "wb"),  # noqa: SIM115 - closed with the process
     )
     try:
+        # the recorder's session exists before the devices publish
+        assert wait_until(lambda: "session new" in (tmp_path / "record.log").read_text(), 30)
         store = open_store(str(db), time.time())  # racing the recorder's migration is fine
         sim = subprocess.run(
             [
@@ -263,7 +264,8 @@ def test_fleet_record_and_simulate_from_the_command_line(start_mosquitto, tmp_pa
         ]
     finally:
         rec.send_signal(signal.SIGTERM)
-        _, err = rec.communicate(timeout=20)
+        rec.wait(20)
+    err = (tmp_path / "record.log").read_text()
     assert rec.returncode == 0, err
     assert "recording t/+/+ into" in err
     stats = json.loads((tmp_path / "stats.json").read_text())

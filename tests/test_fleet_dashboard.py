@@ -136,6 +136,8 @@ def test_the_page_in_a_real_browser(fed_dashboard, tmp_path):
     base = f"http://{host}:{port}/"
     dom = chromium(base, "--dump-dom")
     assert 'data-ready="1"' in dom, dom[-3000:]
+    # it polls: several refreshes of the same page (8 s of virtual time, every 2 s)
+    assert int(re.search(r'data-refreshes="(\d+)"', dom).group(1)) >= 3
     rows = re.findall(r'<tr class="device" data-device="f/(sim-\d+)" data-state="(\w+)"', dom)
     assert rows == [(f"sim-{i:04d}", "offline") for i in range(1, 5)] + [
         (f"sim-{i:04d}", "online") for i in (5, 6)

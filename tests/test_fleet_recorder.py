@@ -4,6 +4,7 @@ one subscription, and a recorder killed (SIGKILL) mid-stream and restarted with
 nothing lost. SQLite always, PostgreSQL for real (tests/postgres.py)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import threading
 import time
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.fleet.recorder import Recorder, RecorderSettings
 from agent.fleet.simulate import Simulation, SimulationSettings
@@ -270,3 +273,53 @@ def test_fleet_record_and_simulate_from_the_command_line(start_mosquitto, tmp_pa
     assert "recording t/+/+ into" in err
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["stored_events"] == 40 and stats["rejected"] == 0
+
+
+def test_a_subscription_the_broker_refuses_is_logged(tmp_path, caplog):
+    """Brokers that refuse a subscription (SUBACK 0x87, e.g. EMQX, HiveMQ on an ACL) get
+    it logged. mosquitto 2.0 grants a subscription its ACL denies and then delivers
+    nothing (tried: it answers 0x01), so this feeds the SUBACK's reason codes directly."""
+    settings = RecorderSettings(
+        connection=ConnectionSettings(host="127.0.0.1", port=1, client_id="rec-acl"), prefix="t"
+    )
+    rec = Recorder(settings, open_store(str(tmp_path / "fleet.sqlite3"), time.time()))
+    codes = [ReasonCode(PacketTypes.SUBACK, identifier=1)] + [
+        ReasonCode(PacketTypes.SUBACK, identifier=0x87)
+    ] * 2
+    with caplog.at_level(logging.ERROR, logger="emotion_agent.fleet.recorder"):
+        rec._on_subscribe(rec.client, None, 1, codes, None)
+    assert rec.stats.refused_subscriptions == 2 and rec._subscribed.is_set()
+    assert [r.getMessage() for r in caplog.records] == [
+        "the broker refused the subscription $share/recorders/t/+/+/events",
+        "the broker refused the subscription $share/recorders/t/+/+/telemetry",
+    ]
+
+
+def test_the_documented_recorder_acl_lets_a_shared_subscription_read(start_mosquitto, tmp_path):
+    """docs/fleet.md's ACL for recorders (`topic read <prefix>/#`) on mosquitto: the
+    shared subscriptions get the events and telemetry, the plain one the statuses."""
+    broker = start_mosquitto(
+        users={"rec": "pw"},
+        # anonymous: the simulated devices may only write
+        acl="topic write t/#\nuser rec\ntopic read t/#\n",
+        allow_anonymous=True,
+        options=BROKER_OPTIONS,
+    )
+    settings = RecorderSettings(
+        connection=ConnectionSettings(
+            host=broker.host, port=broker.port, client_id="rec-acl", username="rec", password="pw"
+        ),
+        prefix="t",
+    )
+    db = str(tmp_path / "fleet.sqlite3")
+    rec = Recorder(settings, open_store(db, time.time())).start()
+    try:
+        assert rec.wait_ready(10)
+        report = simulation(broker, devices=3, events_per_device=5).run()
+        store = Store(db)
+        assert wait_until(lambda: store.counts()["events"] >= report.events == 15, 20)
+        assert wait_until(lambda: store.counts()["telemetry"] >= 1, 10)
+        assert wait_until(lambda: [d["state"] for d in store.devices()] == ["stopped"] * 3, 10)
+        store.close()
+    finally:
+        rec.stop()

@@ -130,6 +130,7 @@ class Recorder:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
+        self._stop_deadline = 0.0
         self._generation = 0  # +1 per connection: a mid is only acknowledged on its own
         self._writer: Optional[threading.Thread] = None
         self.client = self._make_client()
@@ -192,6 +193,7 @@ class Recorder:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Store and acknowledge what has arrived, then disconnect (the session stays)."""
+        self._stop_deadline = time.monotonic() + timeout / 2
         self._stop.set()
         if self._writer is not None:
             self._writer.join(timeout)
@@ -277,6 +279,10 @@ class Recorder:
                 if self._stop.wait(self.settings.retry_s):
                     return  # not acknowledged: the broker sends them again
             self._ack(batch)
+            if self._stop.is_set() and self._queue.empty():
+                return
+            if self._stop.is_set() and time.monotonic() > self._stop_deadline:
+                return  # still arriving: the rest is not acknowledged, sent again later
 
     def _write(self, batch: List[_Inbound]) -> bool:
         records: List[Record] = []

@@ -243,6 +243,7 @@ async function refresh() {
     else await fleetView(view);
     document.getElementById("updated").textContent = "updated " + new Date().toISOString().slice(11, 19) + "Z";
     document.body.dataset.ready = "1";
+    document.body.dataset.refreshes = String(Number(document.body.dataset.refreshes || 0) + 1);
   } catch (err) {
     document.getElementById("updated").textContent = "update failed: " + err.message;
   }

@@ -3,9 +3,11 @@
 #   ./scripts/test.sh [pytest arguments]
 #
 # 1. installs the system packages the tests use (apt: mosquitto, libsystemd-dev,
-#    pkg-config, python3-venv, gcc) when they are missing;
+#    pkg-config, python3-venv, gcc; postgresql: the recorder tests start their own
+#    server in a temporary directory; chromium: the dashboard's headless browser test)
+#    when they are missing;
 # 2. creates a virtual environment (.venv-test) and installs the package with its
-#    cpu, systemd and dev extras;
+#    cpu, systemd, dev and fleet extras;
 # 3. runs ruff (target py38), vermin (-t=3.8-) and pytest;
 #    The Ansible role's tests (tests/ansible) boot systemd-nspawn containers: they
 #    need root, and run in this pass only (EA_ANSIBLE_TESTS: required when root,
@@ -22,7 +24,8 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc
-    systemd-container debootstrap openssh-client iproute2 util-linux)
+    systemd-container debootstrap openssh-client iproute2 util-linux
+    postgresql chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -43,7 +46,7 @@ make_venv() {  # make_venv PYTHON DIR
         "$python" -m venv "$dir"
     fi
     "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e '.[cpu,systemd,dev]'
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check -e '.[cpu,systemd,dev,fleet]'
 }
 
 PYTHON="${PYTHON:-python3}"
@@ -60,7 +63,7 @@ TORCH="torch==2.13.0+cpu"
 pipq() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
 if "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__ != '2.13.0+cpu')" 2>/dev/null \
     || { say "installing $TORCH (the export extra's CPU torch)"; pipq "$TORCH"; }; then
-    pipq -e '.[cpu,systemd,dev,export]'
+    pipq -e '.[cpu,systemd,dev,fleet,export]'
 else
     say "WARNING: no CPU build of torch could be installed: the export tests will skip"
 fi

@@ -79,3 +79,4 @@ def write(tmp_path):
 
 # A real MQTT broker (mosquitto on a free loopback port), for every test module.
 from tests.mosquitto import mosquitto, start_mosquitto  # noqa: E402, F401
+from tests.postgres import postgres_server, postgres_url  # noqa: E402, F401

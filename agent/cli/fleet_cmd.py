@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import Callable
 
+from agent.cli import fleet_record_cmd
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
 from agent.fleet.send import parse_args, send_command
@@ -68,6 +69,8 @@ def add_parser(
     send.add_argument("--timeout", type=float, default=10.0, metavar="S")
     common(send)
     send.set_defaults(handler=_send)
+
+    fleet_record_cmd.add_actions(actions, common)
 
 
 def _connection(ctx: CliContext, name: str) -> MqttConnection:

@@ -160,7 +160,7 @@ def _record(args: argparse.Namespace, ctx: CliContext) -> int:
         return EXIT_FAILURE
     client_id = args.client_id or f"emotion-agent-recorder-{socket.gethostname()}"
     settings = RecorderSettings(
-        connection=ConnectionSettings.from_config(config, client_id=client_id),
+        connection=ConnectionSettings.from_mqtt(config.mqtt, client_id),
         prefix=config.mqtt.topic_prefix,
         fleet=args.fleet or "+",
         group=None if args.group == "none" else args.group,

@@ -21,6 +21,7 @@ import numpy as np
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
 from agent.config import AgentConfig
+from agent.config.models import ModelsConfig, SecondaryConfig
 from agent.engine_runners import (
     EngineRunner,
     prepare_runners,
@@ -168,12 +169,12 @@ class Runtime:
         return self.processed
 
 
-def refuse_if_too_big(config: AgentConfig, model: ResolvedModel, root: Path = Path("/")) -> None:
+def refuse_if_too_big(models: ModelsConfig, model: ResolvedModel, root: Path = Path("/")) -> None:
     """Refuse a model this device can never hold (``doctor`` says the same, earlier):
     its engine build would take the memory the system and the main loop need."""
     jetson = detect_platform(root).is_jetson
-    kind = "tensorrt" if jetson and config.models.backend != "onnxruntime" else "onnxruntime"
-    need = estimate(model.path.stat().st_size, kind, config.models.tensorrt_workspace_mb)
+    kind = "tensorrt" if jetson and models.backend != "onnxruntime" else "onnxruntime"
+    need = estimate(model.path.stat().st_size, kind, models.tensorrt_workspace_mb)
     total = read_meminfo(SysfsReader(root)).get("ram_total_mib")
     if total is not None and not need.fits(total):
         raise RuntimeError(
@@ -183,7 +184,8 @@ def refuse_if_too_big(config: AgentConfig, model: ResolvedModel, root: Path = Pa
 
 
 def secondary_loader(
-    config: AgentConfig,
+    models: ModelsConfig,
+    secondary: SecondaryConfig,
     manifest: LoadedManifest,
     make_runner: Optional[RunnerFactory],
     record: Callable[[float, float], None],
@@ -194,17 +196,17 @@ def secondary_loader(
     (sha256 of a large file takes seconds), then prepare its engine like every other
     model (TensorRT FP16 with the engine cache, ONNX Runtime elsewhere); a first-boot
     build reports progress through ``reporter`` while the loop already runs."""
-    name = config.pipeline.secondary.model
+    name = secondary.model
 
     def load() -> Tuple[SecondaryModel, Callable[[], None]]:
         resolved = manifest.verified(name, "secondary")
         if make_runner is not None:
             return secondary_model(resolved, timed(make_runner(resolved), record)), lambda: None
-        refuse_if_too_big(config, resolved)
+        refuse_if_too_big(models, resolved)
         backends = prepare_engines(
             manifest,
             [name],
-            secondary_settings(config.models, config.pipeline.secondary),
+            secondary_settings(models, secondary),
             reporter=reporter,
             on_building=on_building,
         )
@@ -289,7 +291,8 @@ def build_runtime(
         sp = p.secondary
         own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
         loader = secondary_loader(
-            config,
+            config.models,
+            sp,
             own,
             make_runner,
             lambda at, ms: metrics.model("secondary", at, ms),

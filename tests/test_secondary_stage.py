@@ -384,9 +384,9 @@ def test_the_runtime_refuses_what_the_device_cannot_hold(tmp_path):
     (root / "etc").mkdir()
     (root / "etc" / "nv_tegra_release").write_text("# R32 (release), REVISION: 7.1, GCID: 1")
     with pytest.raises(RuntimeError, match=r"needs about \d+ MiB to build on tensorrt"):
-        refuse_if_too_big(config, model, root)
+        refuse_if_too_big(config.models, model, root)
     big = fake_root(tmp_path / "big", 32_000_000, 30_000_000)
-    refuse_if_too_big(config, model, big)  # fits: no error
+    refuse_if_too_big(config.models, model, big)  # fits: no error
 
 
 def test_doctor_lists_the_secondary_check_only_when_the_stage_is_enabled(tmp_path):

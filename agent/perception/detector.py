@@ -16,7 +16,7 @@ import numpy as np
 from agent.perception.decoders import detector_decoder
 from agent.perception.faces import Box
 from agent.perception.preprocess import input_shape, prepare_image
-from agent.perception.runners import BufferedRunner, Runner, bound_input, image_input, named_outputs
+from agent.perception.runners import Runner, bound_input, buffered, image_input, named_outputs
 from engines.manifest import ModelEntry
 
 
@@ -43,6 +43,7 @@ class DetectorStage:
         settings: PerceptionSettings = PerceptionSettings(),
     ) -> None:
         self._runner = runner
+        self._buffered = buffered(runner)
         self._entry = entry
         self._pre = image_input(entry, "face detector")
         self._decode = detector_decoder(entry, self._pre)
@@ -58,8 +59,8 @@ class DetectorStage:
         adjustment (the landmark crop), so that it means the same for every detector.
         """
         h, w = frame.shape[:2]
-        runner = self._runner
-        buf = bound_input(runner, 1, self._buf.shape[1:])
+        engine = self._buffered
+        buf = bound_input(engine, 1, self._buf.shape[1:])
         # write straight into the engine's input where it has one (no copy)
         target = buf[0] if buf is not None else self._buf[0]
         # the padding bands of a buffer last filled for a frame of this size are still
@@ -71,10 +72,10 @@ class DetectorStage:
         clean = last is not None and last[0] is owner and last[1:] == (address, frame.shape)
         _, placement = prepare_image(frame, self._pre, out=target, padding_clean=clean)
         self._filled = (owner, address, frame.shape)
-        if buf is not None and isinstance(runner, BufferedRunner):
-            ran = runner.run_buffer(1)
+        if buf is not None and engine is not None:
+            ran = engine.run_buffer(1)
         else:
-            ran = runner(self._buf)
+            ran = self._runner(self._buf)
         s = self.settings
         boxes = self._decode(
             named_outputs(self._entry, ran), placement, (w, h), s.detection_threshold, s.nms_iou

@@ -18,10 +18,10 @@ from agent.perception.faces import Box, EmotionResult, PerceptionError
 from agent.perception.landmarks import normalize
 from agent.perception.preprocess import crop_staging, input_shape, prepare_crops
 from agent.perception.runners import (
-    BufferedRunner,
     Runner,
     batch_limit,
     bound_input,
+    buffered,
     image_input,
     named_outputs,
 )
@@ -76,6 +76,7 @@ class FaceStage:
         ``more_emotion`` the others (manifest ``fusions``)."""
         self._crop = crop
         self._landmarks = landmarks
+        self._lm_buffered = buffered(landmarks)
         self._lm_entry = landmarks_entry
         self._lm_pre = image_input(landmarks_entry, "landmark net")
         self._lm_decode = landmark_decoder(landmarks_entry)
@@ -142,16 +143,16 @@ class FaceStage:
         if self._lm_staging is None or len(self._lm_staging) < min(step, len(crops)):
             self._lm_staging = crop_staging(self._lm_pre, step)
         emotion_parts: Dict[int, List[np.ndarray]] = {}
-        runner = self._landmarks
+        runner, engine = self._landmarks, self._lm_buffered
         for start in range(0, len(crops), step):
             chunk = crops[start : start + step]
             n = len(chunk)
-            bound = bound_input(runner, n, shape)
+            bound = bound_input(engine, n, shape)
             batch = bound if bound is not None else np.empty((n, *shape), np.float32)
             placements = prepare_crops(frame, chunk, self._lm_pre, batch, self._lm_staging)
             self._stash_emotion_crops(frame, chunk, batch, emotion_parts)
-            if bound is not None and isinstance(runner, BufferedRunner):
-                ran = runner.run_buffer(n)  # the crops were written into the engine's input
+            if bound is not None and engine is not None:
+                ran = engine.run_buffer(n)  # the crops were written into the engine's input
             else:
                 ran = runner(batch)
             self._lm_decode(

@@ -76,12 +76,20 @@ def batch_limit(runner: Runner, entry: ModelEntry) -> int:
     return max(1, min(entry.max_batch, limit) if isinstance(limit, int) else entry.max_batch)
 
 
-def bound_input(runner: Runner, batch: int, shape: Sequence[int]) -> Optional[np.ndarray]:
-    """The engine's own input buffer for ``batch`` items, when ``runner`` is a
-    :class:`BufferedRunner` whose input is float32 of ``shape`` per item, so that
-    preprocessing writes there and nothing is copied; else None (plain runners, or an
-    engine whose input differs, for example a fixed batch)."""
-    if not isinstance(runner, BufferedRunner):
+def buffered(runner: Runner) -> Optional[BufferedRunner]:
+    """``runner`` as a :class:`BufferedRunner`, or None (worked out once per stage: a
+    protocol check costs microseconds)."""
+    return runner if isinstance(runner, BufferedRunner) else None
+
+
+def bound_input(
+    runner: Optional[BufferedRunner], batch: int, shape: Sequence[int]
+) -> Optional[np.ndarray]:
+    """The engine's own input buffer for ``batch`` items, when ``runner`` lends one that
+    is float32 of ``shape`` per item, so that preprocessing writes there and nothing is
+    copied; else None (no buffered runner, or an engine whose input differs, for
+    example a fixed batch)."""
+    if runner is None:
         return None
     try:
         buf = runner.input_buffer(batch)

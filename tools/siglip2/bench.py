@@ -110,7 +110,9 @@ def crop_latency(manifest: Path, threads: int, runs: int) -> Dict[str, float]:
             "pipeline": {"secondary": {"enabled": True, "threads": threads}},
         }
     )
-    load = secondary_loader(config, load_manifest(manifest), None, lambda at, ms: None)
+    load = secondary_loader(
+        config.models, config.pipeline.secondary, load_manifest(manifest), None, lambda at, ms: None
+    )
     model, close = load()
     crop = np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8)
     try:

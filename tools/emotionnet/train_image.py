@@ -73,6 +73,8 @@ GRID = (
      "power": 0.5, "dropout": 0.3},
     {"widths": (8, 16, 32, 64), "convs": (1, 1, 1, 1), "epochs": 10, "lr": 3e-3,
      "power": 0.5, "dropout": 0.2},
+    {"widths": (8, 16, 32, 64), "convs": (1, 1, 1, 1), "epochs": 10, "lr": 3e-3,
+     "power": 1.0, "dropout": 0.2},
 )  # fmt: skip
 FINAL = GRID[0]
 
@@ -167,14 +169,16 @@ def normalise_t(x):
     return ((x.float() / 255.0 - export_image.MEAN) / export_image.STD)[:, None]
 
 
-def predict(net, x: np.ndarray, chunk: int = 512) -> np.ndarray:
+def predict(net, x: np.ndarray, chunk: int = 512, dtype=np.float16) -> np.ndarray:
+    """Probabilities for 56x56 planes ``x`` (cast to ``dtype`` first: float16 as the
+    training data is stored, float32 to compare with the ONNX graph)."""
     import torch
 
     net.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            xb = normalise_t(torch.from_numpy(np.asarray(x[i : i + chunk], np.float16)))
+            xb = normalise_t(torch.from_numpy(np.asarray(x[i : i + chunk], dtype)))
             out.append(torch.softmax(net(xb), dim=1).numpy())
     was = net.training
     net.train(was)
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
 
     sess = ort.InferenceSession(args.out, providers=["CPUExecutionProvider"])
     onnx_probs = sess.run(None, {"image": crops})[0]
-    probs = predict(net, image_data.gray_pool(crops))
+    probs = predict(net, image_data.gray_pool(crops), dtype=np.float32)
     diff = float(np.abs(onnx_probs - probs).max())
     same = int((onnx_probs.argmax(1) == probs.argmax(1)).sum())
     stages, fc = export_image.folded(weights)

@@ -75,6 +75,8 @@ GRID = (
      "power": 0.5, "dropout": 0.2},
     {"widths": (8, 16, 32, 64), "convs": (1, 1, 1, 1), "epochs": 10, "lr": 3e-3,
      "power": 1.0, "dropout": 0.2},
+    {"widths": (16, 32, 64, 128), "convs": (1, 1, 1, 1), "epochs": 10, "lr": 3e-3,
+     "power": 1.0, "dropout": 0.3},
 )  # fmt: skip
 FINAL = GRID[0]
 
@@ -180,9 +182,7 @@ def predict(net, x: np.ndarray, chunk: int = 512, dtype=np.float16) -> np.ndarra
         for i in range(0, len(x), chunk):
             xb = normalise_t(torch.from_numpy(np.asarray(x[i : i + chunk], dtype)))
             out.append(torch.softmax(net(xb), dim=1).numpy())
-    was = net.training
-    net.train(was)
-    return np.concatenate(out)
+    return np.concatenate(out)  # (train_net sets train mode again at each epoch)
 
 
 def weights_dict(net, cfg: dict, labels: Sequence[str]) -> Dict[str, np.ndarray]:

@@ -13,11 +13,12 @@ agent feeds it the 112x112 crop batch it already made for the landmarks:
       -> Conv 2x2 stride 2, 3 -> 1 channel: BT.601 luma, 2x2 mean and the input
          scaling ((v / 255 - MEAN) / STD) in one fixed convolution -> [N, 1, 56, 56]
       -> per stage: (Conv 3x3 pad 1 (batch norm folded) -> Relu) x convs, MaxPool 2x2
-         (the last stage: GlobalAveragePool instead) -> Flatten -> Gemm -> Softmax
+         (after the last stage: AveragePool over the whole 7x7 map) -> Flatten -> Gemm
+      -> Softmax
     probs float32 [N, K]             labels in the order of the metadata
 
 Opset 13, IR 7, float32, dynamic batch; operators Transpose, Conv, Relu, MaxPool,
-GlobalAveragePool, Flatten, Gemm, Softmax (all on TensorRT 8.2's ONNX parser support
+AveragePool, Flatten, Gemm, Softmax (all on TensorRT 8.2's ONNX parser support
 list). Fixed names, no timestamps: the same weights always give the same bytes.
 :func:`reference_forward` is the same computation in numpy (for the tests).
 """
@@ -167,7 +168,12 @@ def build_model(
                 )
             )
             x = f"pool{s}"
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    side = (CROP // 2) >> (len(stages) - 1)  # 56 -> 28 -> 14 -> 7
+    nodes.append(
+        # the mean over the whole last map (AveragePool rather than GlobalAveragePool:
+        # the project's TensorRT 8.2 allow-list, tests/test_bundled_models.py)
+        helper.make_node("AveragePool", [x], ["gap"], name="gap", kernel_shape=[side, side])
+    )
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1))
     inits.append(numpy_helper.from_array(np.ascontiguousarray(fc[0].T), "fc.weight"))
     inits.append(numpy_helper.from_array(np.ascontiguousarray(fc[1]), "fc.bias"))

@@ -40,6 +40,8 @@ CONTRACT = {
     "face_expression.onnx": ("image", (112, 112, 3), "probs", (7,)),
     # ours (tools/emotionnet): normalised landmarks, NVIDIA's [N, 1, 136, 1] -> 7 classes
     "emotionnet.onnx": ("input_landmarks", (1, 136, 1), "probs", (7,)),
+    # ours (tools/emotionnet/train_image.py): the landmark net's crop -> small CNN -> 7
+    "expression_cnn.onnx": ("image", (112, 112, 3), "probs", (7,)),
     # MediaPipe BlazeFace (tools/blazeface/port.py): raw regressors [N, anchors * 16] ...
     "blazeface_back.onnx": ("image", (256, 256, 3), "regressors", (896 * 16,)),
     "blazeface_full.onnx": ("image", (192, 192, 3), "regressors", (2304 * 16,)),

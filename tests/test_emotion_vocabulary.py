@@ -271,16 +271,19 @@ def test_perception_fuses_a_landmark_and_an_image_model():
         assert r.label == "surprise"  # the heavier-weighted image model wins here
 
 
-def test_fused_classifier_is_wired_by_name():
-    """models.emotion: fused runs (and builds engines for, and checks) both members."""
+@pytest.mark.parametrize(
+    "fusion, image_model", [("fused", "face_expression"), ("fused_cnn", "expression_cnn")]
+)
+def test_fused_classifier_is_wired_by_name(fusion, image_model):
+    """models.emotion: a fusion runs (and builds engines for, and checks) both members."""
     from agent.doctor.modelfiles import check_models
     from agent.engine_runners import main_models
 
     bundled = load_manifest()
-    config = AgentConfig.model_validate({"models": {"emotion": "fused"}})
-    assert main_models(config.models, bundled)[-2:] == ["emotionnet", "face_expression"]
+    config = AgentConfig.model_validate({"models": {"emotion": fusion}})
+    assert main_models(config.models, bundled)[-2:] == ["emotionnet", image_model]
     result = check_models(config.models, config.pipeline)
-    assert result.status == "ok" and "face_expression" in result.message
-    assert bundled.emotion_labels("fused") == bundled.resolve("emotionnet").entry.labels
+    assert result.status == "ok" and image_model in result.message
+    assert bundled.emotion_labels(fusion) == bundled.resolve("emotionnet").entry.labels
     bad = AgentConfig.model_validate({"models": {"emotion": "nope"}})
     assert check_models(bad.models, bad.pipeline).status == "fail"

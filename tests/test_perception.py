@@ -279,7 +279,16 @@ def test_engine_runners_take_frames_and_crops_in_place(tmp_path, frames):
     from agent.perception.factory import build_perception
 
     config = AgentConfig.model_validate(
-        {"models": {"engine_cache_dir": str(tmp_path / "engines"), "backend": "onnxruntime"}}
+        {
+            "models": {
+                "engine_cache_dir": str(tmp_path / "engines"),
+                "backend": "onnxruntime",
+                # the landmark classifier alone: an image emotion model (the default
+                # fused_cnn's expression_cnn) gets its crop batch copied in (5 x 112 x
+                # 112 x 3 float32 per frame here), not checked by this test
+                "emotion": "emotionnet",
+            }
+        }
     )
     runners = prepare_runners(config.models, MANIFEST)
     try:

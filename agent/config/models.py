@@ -174,11 +174,13 @@ class ModelsConfig(Section):
     )
     landmarks: str = Field("face_landmark_68", description="68-point landmark net, by name.")
     emotion: str = Field(
-        "emotionnet",
+        "fused_cnn",
         min_length=1,
-        description="Emotion classifier, by manifest name: emotionnet (from the 68 "
-        "landmarks), face_expression (face-api.js's net on the face crop) or fused (both, "
-        "log-linear fusion); its labels are the events' vocabulary.",
+        description="Emotion classifier, by manifest name: fused_cnn (the default: "
+        "emotionnet and expression_cnn, log-linear fusion), emotionnet (from the 68 "
+        "landmarks only), expression_cnn (our small CNN on the face crop), face_expression "
+        "(face-api.js's net on the face crop) or fused (emotionnet and face_expression); "
+        "its labels are the events' vocabulary.",
     )
     backend: Literal["auto", "tensorrt", "onnxruntime"] = Field(
         "auto",

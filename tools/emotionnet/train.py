@@ -93,11 +93,10 @@ GRID = (
     {"power": 1.0, "dropout": 0.3, "epochs": 40, "lr": 2e-3},
     {"power": 0.75, "dropout": 0.2, "epochs": 60, "lr": 2e-3},
 )
-# the selection could not be run to the end on this shared 2-core machine (each run took
-# up to half an hour): GRID[0] ships, with the class-weight power that won the v1
-# comparison on an inner split. GRID[1] later scored higher on PublicTest (macro-F1 0.441
-# vs 0.426): switching to it is still to do (engines/models/README.md, "Training")
-FINAL = GRID[0]
+# the selection (FER+ PublicTest macro-F1), run on the landmark caches of 2026-12-04 21:xx:
+# GRID[0] 0.422, GRID[1] 0.445 (GRID[2] not trained on this shared 2-core machine);
+# engines/models/README.md, "Training"
+FINAL = GRID[1]
 
 
 def load_fe(cache: str, data_dir: str, seed: int):

@@ -139,7 +139,9 @@ class Daemon:
     def _start(self, config: AgentConfig) -> None:
         self._runtime_closed = False
         self.runtime = self._build(
-            config,
+            config.camera,
+            config.models,
+            config.pipeline,
             self.sink,
             on_frame=self._on_frame,
             heartbeat=self._heartbeat,

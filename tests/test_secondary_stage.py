@@ -217,8 +217,10 @@ def test_the_loop_runs_while_the_secondary_engine_is_prepared(tmp_path):
         }
     )
     events = []
-    runtime = build_runtime(config, type("S", (), {"emit": events.append, "close": lambda s: 0})(),
-                            make_runner=make_runner, pace=False)  # fmt: skip
+    sink = type("S", (), {"emit": events.append, "close": lambda s: 0})()
+    runtime = build_runtime(
+        config.camera, config.models, config.pipeline, sink, make_runner=make_runner, pace=False
+    )
     stop = threading.Event()
     done = []
     thread = threading.Thread(target=lambda: done.append(runtime.run(stop, max_frames=400)))

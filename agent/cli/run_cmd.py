@@ -15,6 +15,7 @@ from agent.daemon import Daemon
 from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
+from agent.perception.factory import emotion_labels
 from agent.perception.video import OpenCVMissing, cv2_module
 from agent.preview import PreviewWriter, source_fps
 from agent.tracking.tracker import Track
@@ -108,7 +109,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         preview = PreviewWriter(
             args.preview,
             source_fps(config.camera.source, config.camera.fps),
-            labels=emotion_labels(config),
+            labels=emotion_labels(config.models) or [],
         )
 
     def on_frame(frame: Frame, tracks: List[Track]) -> None:
@@ -182,16 +183,6 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             )
             return EXIT_EVENTS_LOST
     return code
-
-
-def emotion_labels(config: AgentConfig) -> List[str]:
-    """The emotion model's labels, in its output order, as its manifest names them."""
-    from agent.perception.factory import manifest_for
-
-    try:
-        return list(manifest_for(config.models).resolve(config.models.emotion).entry.labels or [])
-    except (ManifestError, KeyError, ValueError):
-        return []  # the run itself reports a bad manifest or model name
 
 
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from agent import __version__
 from agent.config import AgentConfig
 from agent.mqtt.publisher import Publisher
-from engines.manifest import ManifestError, load_manifest
+from agent.perception.factory import emotion_labels
 
 # Events of both kinds share the events topic: each event sensor takes the kind it
 # shows and keeps its state (``this.state``) on the other.
@@ -52,15 +52,6 @@ AVAILABILITY = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
 
 def node_id(device_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", device_id)
-
-
-def emotion_labels(config: AgentConfig) -> Optional[List[str]]:
-    """The configured emotion classifier's labels (the manifest's), None if unreadable
-    (the pipeline reports that; discovery then announces a plain text sensor)."""
-    try:
-        return load_manifest(config.models.manifest).emotion_labels(config.models.emotion)
-    except ManifestError:
-        return None
 
 
 def discovery_messages(
@@ -111,7 +102,9 @@ class Discovery:
     """Publishes the discovery configs at every connect of ``publisher``."""
 
     def __init__(self, config: AgentConfig, publisher: Publisher) -> None:
-        self.messages = discovery_messages(config, publisher.version, emotion_labels(config))
+        # no vocabulary (an unreadable manifest): a plain text sensor
+        labels = emotion_labels(config.models)
+        self.messages = discovery_messages(config, publisher.version, labels)
         self.publisher = publisher
 
     def install(self) -> None:

@@ -16,6 +16,7 @@ from agent.events.models import EmotionEvent
 from agent.events.vocabulary import event_schema
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.messages import EventMessage
+from agent.mqtt.topics import Topics
 from agent.perception.factory import emotion_labels
 from agent.perception.frame import Perception, fuse_log_linear
 from agent.tracking import EmotionSmoother
@@ -123,7 +124,9 @@ def test_message_schema_and_discovery_take_the_vocabulary(manifest):
         assert emotion_labels(config.models) == labels
         sensors = {
             json.loads(p)["name"]: json.loads(p)
-            for _, p in discovery_messages(config, labels=emotion_labels(config.models))
+            for _, p in discovery_messages(
+                Topics("emotion", "f", "d"), "homeassistant", labels=emotion_labels(config.models)
+            )
         }
         assert sensors["emotion"]["device_class"] == "enum"
         assert sensors["emotion"]["options"] == labels

@@ -292,7 +292,7 @@ def test_both_event_kinds_share_the_events_topic_and_one_sequence(mosquitto, tmp
         }
     )
     sub = Subscriber(mosquitto.host, mosquitto.port, "emotion/lobby/cam-1/events")
-    service = MqttService(config).start()
+    service = MqttService(config.mqtt, config.device, config.state_dir).start()
     try:
         assert service.publisher.connection.wait_connected(10)
         service.sink.emit(synthetic_event(0))

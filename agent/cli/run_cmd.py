@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             progress.total = min(progress.total or args.max_frames, args.max_frames)
     else:
         progress.enabled = False  # a camera runs until stopped: events are the output
+    labels = emotion_labels(config.models)  # the events' vocabulary (None: unreadable)
     jsonl: Optional[JsonLinesSink] = None
     if args.events == "-" or (args.no_mqtt and not args.events):
         jsonl = JsonLinesSink(stream=progress.clearing(ctx.stdout))
@@ -94,7 +95,15 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     mqtt: Optional[MqttService] = None
     if not args.no_mqtt:
         try:
-            mqtt = MqttService(config, rebuild=rebuild_engines, logger=ctx.logger)
+            mqtt = MqttService(
+                config.mqtt,
+                config.device,
+                config.state_dir,
+                labels=labels,
+                fine_emotions=config.pipeline.secondary.enabled,
+                rebuild=rebuild_engines,
+                logger=ctx.logger,
+            )
         except OutboxError as exc:
             print(
                 f"emotion-agent run: {exc}\n  the agent needs a writable state_dir "
@@ -109,7 +118,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         preview = PreviewWriter(
             args.preview,
             source_fps(config.camera.source, config.camera.fps),
-            labels=emotion_labels(config.models) or [],
+            labels=labels or [],
         )
 
     def on_frame(frame: Frame, tracks: List[Track]) -> None:

@@ -71,8 +71,8 @@ class ConnectionSettings:
 
     @classmethod
     def from_mqtt(cls, m: MQTTConfig, client_id: str, **overrides: Any) -> "ConnectionSettings":
-        """From the ``mqtt`` section, as ``client_id`` (``AgentConfig.effective_client_id``
-        for the device itself)."""
+        """From the ``mqtt`` section, as ``client_id`` (``MQTTConfig.client_id_for`` the
+        device's id, for the device itself)."""
         tls = None
         if m.tls.enabled:
             tls = TLSSettings(

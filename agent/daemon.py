@@ -22,6 +22,7 @@
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
@@ -78,7 +79,7 @@ class Daemon:
         capture_deadline_s: float = CAPTURE_DEADLINE_S,
         loop_deadline_s: float = LOOP_DEADLINE_S,
         mqtt: "Optional[MqttService]" = None,
-        telemetry_sources: Callable[[AgentConfig], List[DeviceSource]] = default_sources,
+        telemetry_sources: Callable[[Path, bool], List[DeviceSource]] = default_sources,
         outbox_deadline_s: float = OUTBOX_DEADLINE_S,
         drain_timeout_s: float = 20.0,
     ) -> None:
@@ -139,7 +140,9 @@ class Daemon:
     def _start(self, config: AgentConfig) -> None:
         self._runtime_closed = False
         self.runtime = self._build(
-            config,
+            config.camera,
+            config.models,
+            config.pipeline,
             self.sink,
             on_frame=self._on_frame,
             heartbeat=self._heartbeat,
@@ -284,7 +287,7 @@ class Daemon:
         collector = TelemetryCollector(
             device_id=config.device.id,
             fleet=config.device.fleet,
-            sources=self._telemetry_sources(config),
+            sources=self._telemetry_sources(config.state_dir, config.telemetry.use_jtop),
             pipeline=self.telemetry_snapshot,
             config_hash=config_hash(config),
         )

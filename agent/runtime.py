@@ -1,6 +1,8 @@
-"""Assemble the running agent from the configuration: models, capture, loop.
+"""Assemble the running agent from its three configuration sections (``camera``,
+``models``, ``pipeline``): models, capture, loop.
 
-``build_runtime`` wires everything (nothing runs yet). The one lifecycle of what it
+``build_runtime`` wires everything (nothing runs yet); it takes the sections it reads,
+not the whole configuration (the daemon holds that). The one lifecycle of what it
 built: :meth:`Runtime.start` starts the secondary worker, capture and the loop (on
 its own thread); :meth:`Runtime.stop_capture` ends the input; :meth:`Runtime.stop`
 stops the loop, waits for it, stops the secondary worker and releases the backends;
@@ -20,8 +22,7 @@ import numpy as np
 
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
-from agent.config import AgentConfig
-from agent.config.models import ModelsConfig, SecondaryConfig
+from agent.config.models import CameraConfig, ModelsConfig, PipelineConfig, SecondaryConfig
 from agent.engine_runners import (
     EngineRunner,
     prepare_runners,
@@ -61,7 +62,6 @@ class LoopStuck(RuntimeError):
 
 @dataclass
 class Runtime:
-    config: AgentConfig
     loop: Loop
     ring: FrameRing
     capture: CaptureThread
@@ -233,7 +233,9 @@ def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
 
 
 def build_runtime(
-    config: AgentConfig,
+    camera: CameraConfig,
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
     sink: EventSink,
     *,
     make_runner: Optional[RunnerFactory] = None,
@@ -247,15 +249,16 @@ def build_runtime(
     reporter: Optional[BuildReporter] = None,
     on_building: Optional[OnBuilding] = None,
 ) -> Runtime:
-    """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
+    """Wire the agent from the ``camera``, ``models`` and ``pipeline`` sections.
+    ``make_runner`` replaces the engines layer (tests, analyze)."""
     metrics = PipelineMetrics()
-    manifest = manifest_for(config.models)
+    manifest = manifest_for(models)
     roles = {
-        config.models.detector: "detector",
-        config.models.landmarks: "landmarks",
-        config.models.emotion: "emotion",
+        models.detector: "detector",
+        models.landmarks: "landmarks",
+        models.emotion: "emotion",
     }
-    members = manifest.members(config.models.emotion)
+    members = manifest.members(models.emotion)
     if len(members) > 1:  # a fusion: each member's time under its own role
         roles.update({name: f"emotion:{name}" for name in members})
 
@@ -268,7 +271,7 @@ def build_runtime(
     tensorrt_failed: List[str] = []
     if make_runner is None:
         runners = prepare_runners(
-            config.models, manifest, record=record, reporter=reporter, on_building=on_building
+            models, manifest, record=record, reporter=reporter, on_building=on_building
         )
         closers = [r.backend.close for r in runners.values()]
         tensorrt_failed = sorted(n for n, r in runners.items() if r.backend.info.tensorrt_error)
@@ -281,17 +284,17 @@ def build_runtime(
         def make(model: ResolvedModel) -> Runner:
             return timed(base(model), record(model.name))
 
-    perception = build_perception(config.models, config.pipeline, make, manifest)
-    labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
+    perception = build_perception(models, pipeline, make, manifest)
+    labels = manifest.emotion_labels(models.emotion)  # the manifest's vocabulary
 
-    p = config.pipeline
+    p = pipeline
     secondary = None
-    own = secondary_source(config.pipeline.secondary, manifest)  # None with the stage off
+    own = secondary_source(p.secondary, manifest)  # None with the stage off
     if own is not None:
         sp = p.secondary
         own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
         loader = secondary_loader(
-            config.models,
+            models,
             sp,
             own,
             make_runner,
@@ -308,13 +311,12 @@ def build_runtime(
             nice=sp.nice,
         )
 
-    cam = config.camera
     source = open_source(
-        cam.source,
-        cam.width,
-        cam.height,
-        cam.fps,
-        loop=cam.loop,
+        camera.source,
+        camera.width,
+        camera.height,
+        camera.fps,
+        loop=camera.loop,
         pace=pace,
         jetson=detect_platform().is_jetson,
     )
@@ -340,7 +342,7 @@ def build_runtime(
     capture = CaptureThread(
         source,
         ring,
-        Backoff(cam.reconnect_initial_s, cam.reconnect_max_s),
+        Backoff(camera.reconnect_initial_s, camera.reconnect_max_s),
         on_state=state_changed,
         clock=clock,
         heartbeat=lambda: heartbeat("capture"),
@@ -359,7 +361,6 @@ def build_runtime(
         heartbeat=lambda: heartbeat("loop"),
     )
     return Runtime(
-        config,
         loop,
         ring,
         capture,

@@ -134,7 +134,7 @@ def test_a_hung_outbox_writer_stops_the_watchdog_and_status_names_a_full_disk(
             )
         )
     ).config
-    service = MqttService(config)
+    service = MqttService(config.mqtt, config.device, config.state_dir)
     outbox = service.publisher.outbox
     hang, release = threading.Event(), threading.Event()
     commit = outbox._commit

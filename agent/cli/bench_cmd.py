@@ -139,7 +139,9 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     sink = CountingSink()
     try:
         runtime = build_runtime(
-            config,
+            config.camera,
+            config.models,
+            config.pipeline,
             sink,
             lossless=True,
             pace=False,

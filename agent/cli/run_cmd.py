@@ -15,6 +15,7 @@ from agent.daemon import Daemon
 from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
+from agent.perception.factory import emotion_labels
 from agent.perception.video import OpenCVMissing, cv2_module
 from agent.preview import PreviewWriter, source_fps
 from agent.tracking.tracker import Track
@@ -85,6 +86,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             progress.total = min(progress.total or args.max_frames, args.max_frames)
     else:
         progress.enabled = False  # a camera runs until stopped: events are the output
+    labels = emotion_labels(config.models)  # the events' vocabulary (None: unreadable)
     jsonl: Optional[JsonLinesSink] = None
     if args.events == "-" or (args.no_mqtt and not args.events):
         jsonl = JsonLinesSink(stream=progress.clearing(ctx.stdout))
@@ -93,7 +95,15 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     mqtt: Optional[MqttService] = None
     if not args.no_mqtt:
         try:
-            mqtt = MqttService(config, rebuild=rebuild_engines, logger=ctx.logger)
+            mqtt = MqttService(
+                config.mqtt,
+                config.device,
+                config.state_dir,
+                labels=labels,
+                fine_emotions=config.pipeline.secondary.enabled,
+                rebuild=rebuild_engines,
+                logger=ctx.logger,
+            )
         except OutboxError as exc:
             print(
                 f"emotion-agent run: {exc}\n  the agent needs a writable state_dir "
@@ -108,7 +118,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         preview = PreviewWriter(
             args.preview,
             source_fps(config.camera.source, config.camera.fps),
-            labels=emotion_labels(config),
+            labels=labels or [],
         )
 
     def on_frame(frame: Frame, tracks: List[Track]) -> None:
@@ -182,16 +192,6 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             )
             return EXIT_EVENTS_LOST
     return code
-
-
-def emotion_labels(config: AgentConfig) -> List[str]:
-    """The emotion model's labels, in its output order, as its manifest names them."""
-    from agent.perception.factory import manifest_for
-
-    try:
-        return list(manifest_for(config.models).resolve(config.models.emotion).entry.labels or [])
-    except (ManifestError, KeyError, ValueError):
-        return []  # the run itself reports a bad manifest or model name
 
 
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:

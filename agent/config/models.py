@@ -469,6 +469,11 @@ class MQTTConfig(Section):
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
 
+    def client_id_for(self, device_id: str) -> str:
+        """The client id in use for device ``device_id``: ``client_id``, or
+        emotion-agent-<device id> when it is unset."""
+        return self.client_id or f"emotion-agent-{device_id}"
+
 
 class TelemetryConfig(Section):
     """Periodic health and performance telemetry."""
@@ -513,7 +518,7 @@ class AgentConfig(Section):
 
     def effective_client_id(self) -> str:
         """The MQTT client id in use: the configured one or emotion-agent-<device id>."""
-        return self.mqtt.client_id or f"emotion-agent-{self.device.id}"
+        return self.mqtt.client_id_for(self.device.id)
 
     def masked(self) -> Dict[str, Any]:
         """The configuration as plain data with every secret replaced by '**********'."""

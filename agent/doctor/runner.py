@@ -53,10 +53,16 @@ def _guarded(name: str, check: Callable[[], CheckResult], log: logging.Logger) -
         return fail(name, f"the check itself failed: {type(exc).__name__}: {exc}")
 
 
-def device_health(config: AgentConfig, env: DoctorEnv) -> Optional[DeviceTelemetry]:
-    """One telemetry reading of the device, as the daemon would publish it."""
+def device_health(state_dir: Path, use_jtop: bool, env: DoctorEnv) -> Optional[DeviceTelemetry]:
+    """One telemetry reading of the device, as the daemon would publish it (``state_dir``
+    and ``telemetry.use_jtop`` as configured)."""
     sources = default_sources(
-        config, root=env.root, jtop_socket=env.jtop_socket, importer=env.importer, logger=env.logger
+        state_dir,
+        use_jtop,
+        root=env.root,
+        jtop_socket=env.jtop_socket,
+        importer=env.importer,
+        logger=env.logger,
     )
     try:
         merge_device(sources)  # first sample: CPU counters
@@ -118,7 +124,9 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
                 [
                     _guarded(
                         "secondary",
-                        lambda: secondary.check_secondary(cfg, platform, env.root),
+                        lambda: secondary.check_secondary(
+                            cfg.models, cfg.pipeline.secondary, platform, env.root
+                        ),
                         log,
                     )
                 ]
@@ -144,7 +152,8 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
     telemetry = None
     if env.telemetry:
         try:
-            telemetry = device_health(config or AgentConfig(), env)
+            read = config or AgentConfig()  # the defaults when the file is invalid
+            telemetry = device_health(read.state_dir, read.telemetry.use_jtop, env)
         except Exception:
             log.debug("device health reading failed", exc_info=True)
     return DoctorReport.of(checks, telemetry)

@@ -17,9 +17,8 @@ import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from agent import __version__
-from agent.config import AgentConfig
 from agent.mqtt.publisher import Publisher
-from engines.manifest import ManifestError, load_manifest
+from agent.mqtt.topics import Topics
 
 # Events of both kinds share the events topic: each event sensor takes the kind it
 # shows and keeps its state (``this.state``) on the other.
@@ -54,36 +53,35 @@ def node_id(device_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", device_id)
 
 
-def emotion_labels(config: AgentConfig) -> Optional[List[str]]:
-    """The configured emotion classifier's labels (the manifest's), None if unreadable
-    (the pipeline reports that; discovery then announces a plain text sensor)."""
-    try:
-        return load_manifest(config.models.manifest).emotion_labels(config.models.emotion)
-    except ManifestError:
-        return None
-
-
 def discovery_messages(
-    config: AgentConfig, version: str = __version__, labels: Optional[Sequence[str]] = None
+    topics: Topics,
+    prefix: str,
+    *,
+    site: Optional[str] = None,
+    fine_emotions: bool = False,
+    version: str = __version__,
+    labels: Optional[Sequence[str]] = None,
 ) -> List[Tuple[str, bytes]]:
-    """(topic, payload) of every discovery config of this device. With ``labels`` (the
-    emotion vocabulary), the emotion sensor is an enum sensor with those options."""
-    device = config.device
-    base = f"{config.mqtt.topic_prefix}/{device.fleet}/{device.id}"
-    node = node_id(device.id)
-    ident = f"emotion_agent_{node_id(device.fleet)}_{node}"
+    """(topic, payload) of every discovery config of the device whose topics are
+    ``topics``, under the discovery ``prefix`` (``mqtt.discovery.prefix``); ``site``
+    (``device.site``) is its suggested area. With ``labels`` (the emotion vocabulary),
+    the emotion sensor is an enum sensor with those options; with ``fine_emotions``
+    (``pipeline.secondary.enabled``), a fine_emotion sensor is added."""
+    base = topics.base
+    node = node_id(topics.device)
+    ident = f"emotion_agent_{node_id(topics.fleet)}_{node}"
     ha_device: Dict[str, Any] = {
         "identifiers": [ident],
-        "name": device.id,
+        "name": topics.device,
         "manufacturer": "emotion-agent",
         "model": "emotion-agent",
         "sw_version": version,
     }
-    if device.site:
-        ha_device["suggested_area"] = device.site
+    if site:
+        ha_device["suggested_area"] = site
     out = []
     sensors = list(SENSORS)
-    if config.pipeline.secondary.enabled:
+    if fine_emotions:
         sensors.append(FINE_SENSOR)
     for name, leaf, template, extra in sensors:
         payload = {
@@ -102,16 +100,32 @@ def discovery_messages(
         }
         if name == "emotion" and labels:
             payload.update({"device_class": "enum", "options": list(labels)})
-        topic = f"{config.mqtt.discovery.prefix}/sensor/{node}/{name}/config"
+        topic = f"{prefix}/sensor/{node}/{name}/config"
         out.append((topic, json.dumps(payload, separators=(",", ":")).encode("utf-8")))
     return out
 
 
 class Discovery:
-    """Publishes the discovery configs at every connect of ``publisher``."""
+    """Publishes the discovery configs at every connect of ``publisher`` (its topics,
+    site and version), under ``prefix``; ``labels`` and ``fine_emotions`` as for
+    :func:`discovery_messages` (no labels: the emotion sensor is a text sensor)."""
 
-    def __init__(self, config: AgentConfig, publisher: Publisher) -> None:
-        self.messages = discovery_messages(config, publisher.version, emotion_labels(config))
+    def __init__(
+        self,
+        publisher: Publisher,
+        prefix: str,
+        *,
+        labels: Optional[Sequence[str]] = None,
+        fine_emotions: bool = False,
+    ) -> None:
+        self.messages = discovery_messages(
+            publisher.topics,
+            prefix,
+            site=publisher.site,
+            fine_emotions=fine_emotions,
+            version=publisher.version,
+            labels=labels,
+        )
         self.publisher = publisher
 
     def install(self) -> None:

@@ -61,7 +61,7 @@ OUTBOX_DEADLINE_S = 180.0
 
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     """The settings the running pipeline was built from (a change needs a restart)."""
-    return config.model_dump(include={"camera", "models", "pipeline"})
+    return config.model_dump(include={"camera", "cameras", "models", "pipeline"})
 
 
 class Daemon:
@@ -314,6 +314,7 @@ class Daemon:
         if snap is None or runtime is None:
             return None
         worker = runtime.secondary
+        cameras = getattr(runtime, "camera_telemetry", None)  # several cameras
         return loop_telemetry(
             snap,
             backend=runtime.backend,
@@ -321,6 +322,7 @@ class Daemon:
             tensorrt_failed=runtime.tensorrt_failed,
             secondary_model=worker.name if worker is not None else None,
             secondary=worker.stats() if worker is not None else None,
+            cameras=cameras() if cameras is not None else None,
         )
 
     # -- status ----------------------------------------------------------------

@@ -31,6 +31,7 @@ from agent.engine_runners import (
 )
 from agent.events.sinks import EventSink
 from agent.perception.factory import build_perception, manifest_for
+from agent.perception.frame import Perception
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import Runner, timed
 from agent.platform import detect_platform
@@ -42,6 +43,7 @@ from agent.realtime.secondary import (
     SecondarySettings,
     SecondaryWorker,
 )
+from agent.telemetry.models import CameraTelemetry
 from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
@@ -158,6 +160,11 @@ class Runtime:
             source_state=self.capture.state.state,
         )
 
+    def camera_telemetry(self) -> "Optional[List[CameraTelemetry]]":
+        """Each camera's telemetry with several cameras (agent/runtime_multi.py); None
+        with one."""
+        return None
+
     def run(self, stop: threading.Event, max_frames: Optional[int] = None) -> int:
         """:meth:`start`, wait until the loop ends (``stop`` set, the source ended,
         ``max_frames``), :meth:`stop`. The frames processed."""
@@ -232,24 +239,28 @@ def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
     return run
 
 
-def build_runtime(
+@dataclass
+class Engines:
+    """The models of the loop, one set for every camera."""
+
+    perception: Perception
+    labels: List[str]  # the emotion vocabulary (the manifest's)
+    manifest: LoadedManifest
+    backend: str
+    closers: List[Callable[[], None]]
+    tensorrt_failed: List[str]  # models whose TensorRT engine failed (on ONNX Runtime)
+
+
+def build_engines(
     config: AgentConfig,
-    sink: EventSink,
-    *,
+    metrics: PipelineMetrics,
+    manifest: LoadedManifest,
     make_runner: Optional[RunnerFactory] = None,
-    lossless: bool = False,
-    pace: bool = True,
-    clock: Callable[[], float] = time.monotonic,
-    wall_clock: Callable[[], float] = time.time,
-    on_frame=None,
-    on_state: Optional[Callable[[CaptureState], None]] = None,
-    heartbeat: Callable[[str], None] = lambda stage: None,
     reporter: Optional[BuildReporter] = None,
     on_building: Optional[OnBuilding] = None,
-) -> Runtime:
-    """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
-    metrics = PipelineMetrics()
-    manifest = manifest_for(config.models)
+) -> Engines:
+    """Prepare the engines (or ``make_runner``'s runners) and wire perception; each
+    model's time goes to ``metrics`` under its role."""
     roles = {
         config.models.detector: "detector",
         config.models.landmarks: "landmarks",
@@ -283,6 +294,50 @@ def build_runtime(
 
     perception = build_perception(config.models, config.pipeline, make, manifest)
     labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
+    return Engines(perception, labels, manifest, backend_names, closers, tensorrt_failed)
+
+
+def build_runtime(
+    config: AgentConfig,
+    sink: EventSink,
+    *,
+    make_runner: Optional[RunnerFactory] = None,
+    lossless: bool = False,
+    pace: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    on_frame=None,
+    on_state: Optional[Callable[[CaptureState], None]] = None,
+    heartbeat: Callable[[str], None] = lambda stage: None,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Runtime:
+    """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze).
+    With ``cameras:`` the runtime of several cameras (agent/runtime_multi.py)."""
+    if config.multi_camera:
+        from agent.runtime_multi import build_multi_runtime
+
+        return build_multi_runtime(
+            config,
+            sink,
+            make_runner=make_runner,
+            lossless=lossless,
+            pace=pace,
+            clock=clock,
+            wall_clock=wall_clock,
+            on_frame=on_frame,
+            on_state=on_state,
+            heartbeat=heartbeat,
+            reporter=reporter,
+            on_building=on_building,
+        )
+    metrics = PipelineMetrics()
+    engines = build_engines(
+        config, metrics, manifest_for(config.models), make_runner, reporter, on_building
+    )
+    perception, labels, manifest = engines.perception, engines.labels, engines.manifest
+    backend_names, closers = engines.backend, engines.closers
+    tensorrt_failed = engines.tensorrt_failed
 
     p = config.pipeline
     secondary = None

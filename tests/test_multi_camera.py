@@ -535,3 +535,66 @@ def test_per_camera_events_and_telemetry_over_mqtt(test_manifest, tmp_path, star
     assert proc.returncode == 0
     status = [json.loads(m.payload) for m in watch.snapshot() if m.topic == f"{base}/status"]
     assert status[-1]["state"] == "stopped"
+
+
+# -- bench --cameras, run -------------------------------------------------------------------
+
+
+def cli_common(manifest, camera=True):
+    size = ["--set", "camera.width=320", "--set", "camera.height=240"] if camera else []
+    return [
+        "--config", "/dev/null",
+        "--set", f"models.manifest={manifest}",
+        "--set", "models.emotion=tao_emotionnet",
+        "--set", f"models.engine_cache_dir={manifest.parent / 'engines'}",
+        *size,
+    ]  # fmt: skip
+
+
+def test_bench_cameras_json_reports_aggregate_and_per_camera(test_manifest):
+    from tests.conftest import run_cli
+
+    res = run_cli([*cli_common(test_manifest), "bench", "--cameras", "3", "--frames", "10",
+                   "--warmup", "2", "--json"])  # fmt: skip
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    assert report["cameras"] == 3 and report["frames"] == 30
+    assert [c["id"] for c in report["per_camera"]] == ["cam1", "cam2", "cam3"]
+    assert sum(c["frames"] for c in report["per_camera"]) == 30
+    assert report["aggregate_fps"] == pytest.approx(
+        sum(c["fps"] for c in report["per_camera"]), rel=0.02
+    )
+    assert report["detector_batch"] == 3 and 1 <= report["mean_batch"] <= 3
+    assert all(c["dropped"] == 0 and c["stale"] == 0 for c in report["per_camera"])  # lossless
+    assert report["rss_mb"]["after"] > 0
+
+
+def test_bench_cameras_refuses_a_live_source(test_manifest):
+    from tests.conftest import run_cli
+
+    res = run_cli([*cli_common(test_manifest), "bench", "--cameras", "2", "--source",
+                   "rtsp://192.0.2.1/x", "--json"])  # fmt: skip
+    assert res.code == 1 and "synthetic:// or file://" in res.err
+
+
+def test_run_with_cameras_writes_events_of_each_camera(test_manifest, tmp_path):
+    from tests.conftest import run_cli
+
+    cameras = json.dumps(
+        [
+            {"id": "a", "source": "synthetic://a", "width": 320, "height": 240, "fps": 30},
+            {"id": "b", "source": "synthetic://b?speed=9", "width": 320, "height": 240, "fps": 30},
+        ]
+    )
+    common = cli_common(test_manifest, camera=False)
+    res = run_cli([*common, "--set", f"cameras={cameras}", "run", "--no-mqtt",
+                   "--max-frames", "40"])  # fmt: skip
+    assert res.code == 0, res.err
+    events = [json.loads(line) for line in res.out.splitlines()]
+    assert {e["camera"] for e in events} == {"a", "b"}
+    for cam in ("a", "b"):
+        kinds = [e["type"] for e in events if e["camera"] == cam]
+        assert kinds.count("new") >= 1 and kinds.count("end") == kinds.count("new")
+    res = run_cli([*common, "--set", f"cameras={cameras}", "run", "--no-mqtt",
+                   "--preview", str(tmp_path / "p.mp4")])  # fmt: skip
+    assert res.code == 2 and "--preview draws one camera" in res.err

@@ -598,3 +598,39 @@ def test_run_with_cameras_writes_events_of_each_camera(test_manifest, tmp_path):
     res = run_cli([*common, "--set", f"cameras={cameras}", "run", "--no-mqtt",
                    "--preview", str(tmp_path / "p.mp4")])  # fmt: skip
     assert res.code == 2 and "--preview draws one camera" in res.err
+
+
+def test_fleet_watch_shows_the_cameras_under_their_device():
+    from agent.fleet.watch import FleetView
+    from agent.mqtt.client import InboundMessage
+
+    view = FleetView("emotion", monotonic=lambda: 5.0)
+    telemetry = {
+        "pipeline": {
+            "fps": 24.0,
+            "cameras": [
+                {"id": "door", "state": "running", "fps": 14.5, "frames_dropped": 2,
+                 "frames_stale": 1},
+                {"id": "desk", "state": "retrying", "fps": None, "frames_dropped": 0},
+            ],
+        }
+    }  # fmt: skip
+    view.on_message(
+        InboundMessage("emotion/f/box/telemetry", json.dumps(telemetry).encode(), 1, False)
+    )
+    event = {"seq": 1, "event": {"type": "new", "label": "happiness", "camera": "door"}}
+    view.on_message(InboundMessage("emotion/f/box/events", json.dumps(event).encode(), 1, False))
+    view.on_message(
+        InboundMessage("emotion/f/one/events", b'{"seq": 1, "event": {"label": "fear"}}', 1, False)
+    )
+    (box, one) = view.rows()
+    assert list(box.cameras) == ["door", "desk"] and one.cameras == {}
+    assert (box.cameras["door"].emotion, box.cameras["door"].dropped) == ("happiness", 3)
+    lines = view.render().splitlines()
+    door = next(line for line in lines if "camera door" in line)
+    desk = next(line for line in lines if "camera desk" in line)
+    assert lines.index(door) == lines.index(desk) - 1  # under their device, in order
+    assert lines.index(door) > next(i for i, line in enumerate(lines) if " box " in line)
+    assert "running" in door and "14.5" in door and "happiness" in door and "dropped 3" in door
+    assert "retrying" in desk
+    assert not any("camera" in line for line in lines if " one " in line)

@@ -265,6 +265,13 @@ class Daemon:
                 raise RuntimeError("the agent is stopping")
             return self._apply(self.config, prepare)
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera of several (``restart-camera``); the others run on."""
+        with self._control:
+            if self._stopping or self.runtime is None:
+                raise RuntimeError("the pipeline is not running")
+            self.runtime.restart_camera(camera)
+
     def _apply_live(self, old: AgentConfig, new: AgentConfig) -> None:
         if old.logging.level != new.logging.level:
             logging.getLogger("emotion_agent").setLevel(new.logging.level)

@@ -160,6 +160,10 @@ class Runtime:
             source_state=self.capture.state.state,
         )
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera's source (several cameras only)."""
+        raise ValueError("restart-camera needs cameras: (several cameras); use restart-pipeline")
+
     def camera_telemetry(self) -> "Optional[List[CameraTelemetry]]":
         """Each camera's telemetry with several cameras (agent/runtime_multi.py); None
         with one."""

@@ -88,6 +88,14 @@ class MultiRuntime(Runtime):
         if self.cameras is not None:
             self.cameras.stop(timeout_s)
 
+    def restart_camera(self, camera: str) -> None:
+        assert self.cameras is not None
+        found = self.cameras.by_id().get(camera)
+        if found is None:
+            raise ValueError(f"no camera {camera!r}")
+        log.info("camera %s: reopening (restart-camera)", camera)
+        found.capture.reopen()
+
     def camera_counts(self) -> List[CameraCounts]:
         return self.multi.counts() if self.multi is not None else []
 

@@ -31,7 +31,7 @@ from agent.service.watchdog import Watchdog
 from agent.tracking import EmotionSmoother, IoUTracker
 from engines.manifest import load_manifest
 from tests.conftest import REPO
-from tests.mqtt_helpers import Subscriber
+from tests.mqtt_helpers import Requester, Subscriber
 from tests.onnx_models import manifest_with_test_emotion
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is part of the test install")
@@ -492,6 +492,7 @@ def test_per_camera_events_and_telemetry_over_mqtt(test_manifest, tmp_path, star
     )
     base = "emotion/lobby/box-1"
     watch = Subscriber(broker.host, broker.port, f"{base}/#")
+    ctl = Requester(broker, base)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_AGENT")}
     log = open(tmp_path / "agent.log", "w+")  # noqa: SIM115  # a file, not a pipe
     proc = subprocess.Popen(
@@ -523,6 +524,23 @@ def test_per_camera_events_and_telemetry_over_mqtt(test_manifest, tmp_path, star
         assert cams["desk"]["frames_processed"] > 0
         assert "degraded" in tele["pipeline"]["camera_state"]
         assert proc.poll() is None  # a dead camera is no reason to stop or restart
+        # one camera restarted by a command: the others run on
+        answer = ctl.call("restart-camera", {"camera": "door"})
+        assert answer["ok"] and answer["result"] == {"camera": "door", "restarted": True}
+        assert watch.wait_for(
+            lambda _: (
+                "camera door (synthetic://door): restarted by a command; retrying"
+                in (tmp_path / "agent.log").read_text()
+            ),
+            20,
+        )
+        wrong = ctl.call("restart-camera", {"camera": "nope"})
+        assert not wrong["ok"] and wrong["error"]["code"] == "bad_request"
+        assert "known: door, desk, gone" in wrong["error"]["message"]
+        before = len(on("events"))
+        assert watch.wait_for(lambda _: len(on("events")) > before + 2, 30)
+        after = {e["event"]["camera"] for e in on("events")[before:]}
+        assert proc.poll() is None and after
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -531,6 +549,8 @@ def test_per_camera_events_and_telemetry_over_mqtt(test_manifest, tmp_path, star
             if proc.poll() is None:
                 proc.kill()
             watch.close()
+            ctl.close()
+            ctl.responses.close()
             log.close()
     assert proc.returncode == 0
     status = [json.loads(m.payload) for m in watch.snapshot() if m.topic == f"{base}/status"]

@@ -7,7 +7,8 @@ Each device then appears in Home Assistant with sensors for its current emotion
 (from the events), its processing rate and its outbox depth (from the telemetry),
 and, with ``pipeline.secondary.enabled``, ``fine_emotion``: the strongest of the 40
 fine emotions of the latest ``fine_emotions`` event; available while its status is
-"online". A broker ACL can confine a device's
+"online". With ``cameras:`` each camera also has ``emotion_<camera>`` and
+``fps_<camera>``. A broker ACL can confine a device's
 discovery publishes with ``pattern write homeassistant/sensor/%u/#``. Devices of
 different fleets that share one Home Assistant need distinct ids.
 """
@@ -45,6 +46,39 @@ SENSORS = (
 )
 # with pipeline.secondary.enabled: the top one of the fine_emotions events
 FINE_SENSOR = ("fine_emotion", "events", FINE_EMOTION, {"icon": "mdi:emoticon-happy-outline"})
+
+
+def camera_sensors(config: AgentConfig) -> List[Tuple[str, str, str, Dict[str, Any]]]:
+    """With ``cameras:``, each camera's own sensors: ``emotion_<camera>`` (the label of
+    its latest event; events carry ``camera``) and ``fps_<camera>`` (telemetry's
+    ``pipeline.cameras``). The device's own sensors stay (its emotion: any camera's)."""
+    if not config.multi_camera:
+        return []
+    out: List[Tuple[str, str, str, Dict[str, Any]]] = []
+    for cam in config.camera_entries():
+        key = node_id(cam.id)
+        emotion = (
+            "{{ value_json.event.label if value_json.event.camera == '" + cam.id + "' and "
+            "value_json.event.type != 'fine_emotions'" + KEEP
+        )
+        fps = (
+            "{{ (value_json.pipeline.cameras | selectattr('id', 'equalto', '" + cam.id + "') "
+            "| map(attribute='fps') | first) }}"
+        )
+        out.append((f"emotion_{key}", "events", emotion, {"icon": "mdi:emoticon-outline"}))
+        out.append(
+            (
+                f"fps_{key}",
+                "telemetry",
+                fps,
+                {
+                    "unit_of_measurement": "fps",
+                    "state_class": "measurement",
+                    "icon": "mdi:speedometer",
+                },
+            )
+        )
+    return out
 
 
 AVAILABILITY = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
@@ -85,6 +119,7 @@ def discovery_messages(
     sensors = list(SENSORS)
     if config.pipeline.secondary.enabled:
         sensors.append(FINE_SENSOR)
+    sensors += camera_sensors(config)
     for name, leaf, template, extra in sensors:
         payload = {
             "name": name,
@@ -100,7 +135,7 @@ def discovery_messages(
             "device": ha_device,
             **extra,
         }
-        if name == "emotion" and labels:
+        if (name == "emotion" or name.startswith("emotion_")) and labels:
             payload.update({"device_class": "enum", "options": list(labels)})
         topic = f"{config.mqtt.discovery.prefix}/sensor/{node}/{name}/config"
         out.append((topic, json.dumps(payload, separators=(",", ":")).encode("utf-8")))

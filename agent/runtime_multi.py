@@ -229,7 +229,8 @@ def build_multi_runtime(
         metrics,
         engines.perception.detector.max_batch,
         cameras.wake,
-        stale_after_s=stale_after_s,
+        # lossless (bench, replays): every frame is processed, however late
+        stale_after_s=float("inf") if lossless else stale_after_s,
         clock=clock,
         heartbeat=lambda: heartbeat("loop"),
     )

@@ -654,3 +654,42 @@ def test_fleet_watch_shows_the_cameras_under_their_device():
     assert "running" in door and "14.5" in door and "happiness" in door and "dropped 3" in door
     assert "retrying" in desk
     assert not any("camera" in line for line in lines if " one " in line)
+
+
+def test_a_frame_that_fails_costs_its_camera_that_frame_only():
+    """A face batch that raises because of one camera's frame: the round falls back to
+    each frame alone, the other cameras' frames are processed, the loop goes on."""
+    now = [10.0]
+    clock = lambda: now[0]  # noqa: E731
+
+    class Fragile(CheapPerception):
+        def detect_batch(self, images, settings=None):
+            return [[(1.0, 1.0, 30.0, 30.0, 0.9)] for _ in images]
+
+        def landmarks_batch(self, items):
+            if any(image[0, 0, 0] == 255 for image, _ in items):
+                raise RuntimeError("bad frame in the batch")
+            return [self.landmarks(image, boxes) for image, boxes in items]
+
+        def landmarks(self, image, boxes):
+            if image[0, 0, 0] == 255:
+                raise RuntimeError("bad frame")
+            return np.zeros((len(boxes), 68, 2)), np.zeros((len(boxes), 4)), list(range(len(boxes)))
+
+    perception = Fragile()
+    lanes = []
+    for name in ("a", "b", "c"):
+        loop = make_loop(perception, ListSink(), name, clock)
+        lanes.append(Lane(name, FrameRing(3), loop, PerceptionSettings()))
+    multi = MultiLoop(perception, lanes, PipelineMetrics(), 3, threading.Event(), clock=clock)
+    good = np.zeros((48, 64, 3), np.uint8)
+    bad = good.copy()
+    bad[0, 0, 0] = 255
+    for i in range(3):
+        now[0] += 0.05
+        for lane in lanes:
+            publish(lane.ring, bad if (lane.id == "b" and i == 1) else good, i, now[0])
+        multi.step()
+    counts = {c.id: c.frames_processed for c in multi.counts()}
+    assert counts == {"a": 3, "b": 2, "c": 3}
+    assert all(lane.ring.depth == 0 for lane in lanes)

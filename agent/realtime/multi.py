@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from agent.capture.ring import Frame, FrameRing
+from agent.perception.faces import EmotionResult
 from agent.perception.frame import Box, Perception, PerceptionSettings
 from agent.realtime.fairness import FairShare
 from agent.realtime.loop import Loop, Pending
@@ -174,15 +175,22 @@ class MultiLoop:
             )
             t4 = clock()
             m.stage("emotion", t4, (t4 - t3) * 1000)
-        except Exception:
-            log.exception("landmarks/emotion of %d frames failed", len(pending))
-            return 0
-        at = 0
+            results = []
+            at = 0
+            for lane_points, _, kept in faces:
+                results.append(
+                    (lane_points, kept, emotions[at : at + len(kept)] if emotions else [])
+                )
+                at += len(kept)
+        except Exception:  # the batch failed: each frame alone, so one bad frame costs one
+            log.exception("landmarks/emotion of %d frames failed; each frame alone", len(pending))
+            results = [self._alone(lane, p) for lane, p in pending]
         done = 0
-        for (lane, p), (lane_points, _, kept) in zip(pending, faces):
+        for (lane, p), result in zip(pending, results):
+            if result is None:
+                continue
+            lane_points, kept, mine = result
             n = len(kept)
-            mine = emotions[at : at + n] if emotions else []
-            at += n
             try:
                 lane.loop.complete(p, lane_points, kept, mine)
             except Exception:
@@ -198,6 +206,17 @@ class MultiLoop:
         self.batch.add(clock(), float(len(taken)))
         self._heartbeat()
         return done
+
+    def _alone(
+        self, lane: Lane, p: Pending
+    ) -> Optional[Tuple[np.ndarray, List[int], List[EmotionResult]]]:
+        """One frame's landmarks and emotions on their own (after a failed batch)."""
+        try:
+            points, crops, kept = self.perception.landmarks(p.frame.image, p.boxes)
+            return points, kept, self.perception.classify(points, crops)
+        except Exception:
+            log.exception("camera %s: frame %d failed", lane.id, p.frame.index)
+            return None
 
     # -- the loop ------------------------------------------------------------------
 

@@ -46,13 +46,23 @@ def ort_runner(path):
     return lambda batch: session.run(None, {name: batch})
 
 
-@pytest.fixture(scope="module")
-def perception():
+@pytest.fixture(scope="module", params=["plain", "engines"])
+def perception(request, tmp_path_factory):
     """The default models (BlazeFace, 68 landmarks, fused CNN) on ONNX Runtime, the
-    detector's batch raised to 4 as the runtime does for 4 cameras."""
-    config = AgentConfig()
+    detector's batch raised to 4 as the runtime does for 4 cameras: plain sessions, and
+    the engines layer (preprocessing written straight into the engine's bound input)."""
+    from agent.engine_runners import prepare_runners, runner_factory
+
+    cache = tmp_path_factory.mktemp("engines")
+    config = AgentConfig.model_validate(
+        {"models": {"engine_cache_dir": str(cache), "backend": "onnxruntime"}}
+    )
     manifest = batched_detector(MANIFEST, config.models.detector, 4)
-    return build_perception(config.models, config.pipeline, lambda m: ort_runner(m.path), manifest)
+    if request.param == "plain":
+        make = lambda m: ort_runner(m.path)  # noqa: E731
+    else:
+        make = runner_factory(prepare_runners(config.models, manifest))
+    return build_perception(config.models, config.pipeline, make, manifest)
 
 
 @pytest.fixture(scope="module")

@@ -178,8 +178,6 @@ def build_multi_runtime(
             "pipeline.secondary is not run with several cameras yet (cameras:); "
             "the loop runs without it"
         )
-    if config.pipeline.overlap_detection:
-        log.info("several cameras: detection runs batched across cameras, not one frame ahead")
     jetson = detect_platform().is_jetson
     specs = [
         CameraSpec(
@@ -233,6 +231,7 @@ def build_multi_runtime(
         stale_after_s=float("inf") if lossless else stale_after_s,
         clock=clock,
         heartbeat=lambda: heartbeat("loop"),
+        overlap=config.pipeline.overlap_detection,
     )
     first = cameras.cameras[0]
     return MultiRuntime(

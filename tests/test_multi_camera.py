@@ -703,3 +703,80 @@ def test_a_frame_that_fails_costs_its_camera_that_frame_only():
     counts = {c.id: c.frames_processed for c in multi.counts()}
     assert counts == {"a": 3, "b": 2, "c": 3}
     assert all(lane.ring.depth == 0 for lane in lanes)
+
+
+class ListSource(Source):
+    """Given frames, then the end (a file that does not loop)."""
+
+    def __init__(self, uri, frames):
+        self.uri, self.frames, self.at = uri, frames, 0
+        self.live = False
+
+    def open(self):
+        pass
+
+    def shape(self):
+        return self.frames[0].shape
+
+    def read_into(self, buf):
+        if self.at >= len(self.frames):
+            from agent.capture.sources import SourceEnded
+
+            raise SourceEnded(self.uri)
+        buf[...] = self.frames[self.at]
+        self.at += 1
+
+
+def test_detection_one_round_ahead_gives_each_camera_its_events_alone(perception):
+    """pipeline.overlap_detection with several cameras: the next round is detected on
+    its own thread while the loop finishes this one. Three cameras (one detecting every
+    2nd frame) read losslessly to their end: each camera's events are those of its
+    frames through the one-camera loop alone (times aside: the clock is real)."""
+    base = AgentConfig().pipeline.model_copy(update={"track_timeout_s": 60.0})
+    cams = {
+        "a": (synthetic_frames(640, 480, 9, 10), base),
+        "b": (synthetic_frames(800, 450, 23, 10), base.model_copy(update={"detect_every_n": 2})),
+        "c": (synthetic_frames(480, 480, 37, 10), base),
+    }
+    sink = ListSink()
+    cameras = CameraSet(
+        [CameraSpec(n, ListSource(f"test://{n}", f), 0.1, 0.2) for n, (f, _) in cams.items()],
+        lossless=True,
+    )
+    lanes = [
+        Lane(cam.id, cam.ring, make_loop(perception, sink, cam.id, time.monotonic, cams[cam.id][1]),
+             perception_settings(cams[cam.id][1]))
+        for cam in cameras.cameras
+    ]  # fmt: skip
+    multi = MultiLoop(perception, lanes, PipelineMetrics(), 3, cameras.wake, overlap=True,
+                      stale_after_s=float("inf"))  # fmt: skip
+    cameras.start()
+    try:
+        done = multi.run(threading.Event())
+    finally:
+        cameras.stop(5.0)
+    assert done == 30 and all(c.frames_processed == 10 for c in multi.counts())
+
+    def comparable(events):
+        out: Dict[str, List[dict]] = {}
+        for e in events:
+            data = e.model_dump(mode="json", exclude={"timestamp", "latency_ms", "duration_s"})
+            out.setdefault(e.camera, []).append(data)
+        return out
+
+    alone: List = []
+    now = [100.0]
+    for name, (images, p) in cams.items():
+        loop = make_loop(perception, ListSink(), name, lambda: now[0], p)
+        perception.detector.settings = perception_settings(p)
+        try:
+            for i, image in enumerate(images):
+                now[0] += 0.1
+                loop.step(Frame(i, now[0], image, 0))
+            loop.finish()
+        finally:
+            perception.detector.settings = perception_settings(base)
+        alone.extend(loop.sink.events)
+    together = comparable(sink.events)
+    assert set(together) == {"a", "b", "c"} and len(sink.events) >= 6
+    assert together == comparable(alone)

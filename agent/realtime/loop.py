@@ -153,6 +153,16 @@ class Loop:
         m.stage("emotion", t5, (t5 - t4) * 1000)
         return self.complete(pending, points, kept, emotions)
 
+    @property
+    def frames(self) -> int:
+        """Frames begun (or counted by :meth:`skip`) since the start."""
+        return self._frames
+
+    def skip(self) -> None:
+        """Count a frame that failed before :meth:`begin` (its detection, run
+        elsewhere), so that every ``detect_every_n``th frame stays the one detected."""
+        self._frames += 1
+
     def detection_due(self) -> bool:
         """Whether the next frame :meth:`begin` gets is to be detected."""
         return self._detection_due(self._frames)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -80,9 +80,14 @@ class MultiLoop:
         stale_after_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         heartbeat: Callable[[], None] = lambda: None,
+        overlap: bool = False,
     ) -> None:
         """``capacity``: most frames per round (the detector's batch); ``wake``: set when
-        any ring has a frame (agent/capture/cameras.py)."""
+        any ring has a frame (agent/capture/cameras.py); ``overlap``: :meth:`run`
+        detects the next round on its own thread while this one finishes
+        (agent/realtime/multi_ahead.py)."""
+        self.overlap = overlap
+        self._detect_lock = threading.Lock()  # the detector: one thread at a time
         if not lanes:
             raise ValueError("MultiLoop needs at least one camera")
         self.perception = perception
@@ -91,7 +96,7 @@ class MultiLoop:
         self.capacity = max(1, capacity)
         self.stale_after_s = stale_after_s
         self.share = FairShare({lane.id: lane.weight for lane in self.lanes})
-        self._wake = wake
+        self.wake = wake
         self._clock = clock
         self._heartbeat = heartbeat
         self._by_id = {lane.id: lane for lane in self.lanes}
@@ -100,7 +105,8 @@ class MultiLoop:
 
     # -- one round -----------------------------------------------------------------
 
-    def _take(self) -> List[Tuple[Lane, Frame]]:
+    def take_round(self) -> List[Tuple[Lane, Frame]]:
+        """The frames of the next round (taken from the rings: release them)."""
         ready = [lane.id for lane in self.lanes if not lane.ended and lane.ring.depth]
         taken: List[Tuple[Lane, Frame]] = []
         for name in self.share.choose(ready, self.capacity) if ready else []:
@@ -117,8 +123,8 @@ class MultiLoop:
 
     def step(self) -> int:
         """One round: the frames taken now, through every stage. The frames processed."""
-        self._wake.clear()  # before looking: a frame published meanwhile sets it again
-        taken = self._take()
+        self.wake.clear()  # before looking: a frame published meanwhile sets it again
+        taken = self.take_round()
         now = self._clock()
         served = {lane.id for lane, _ in taken}
         for lane in self.lanes:
@@ -135,20 +141,30 @@ class MultiLoop:
             for lane, frame in taken:
                 lane.ring.release(frame)
 
-    def _process(self, taken: List[Tuple[Lane, Frame]]) -> int:
+    def _process(
+        self, taken: List[Tuple[Lane, Frame]], ahead: Optional[Dict[int, List[Box]]] = None
+    ) -> int:
+        """``ahead``: the boxes of the frames detected one round ahead, by index."""
         clock, m = self._clock, self.metrics
         t0 = clock()
-        due = [k for k, (lane, _) in enumerate(taken) if lane.loop.detection_due()]
-        detected: Dict[int, List[Box]] = {}
+        detected: Dict[int, List[Box]] = dict(ahead or {})
+        due = [
+            k
+            for k, (lane, _) in enumerate(taken)
+            if k not in detected and lane.loop.detection_due()
+        ]
         if due:
             try:
-                found = self.perception.detect_batch(
-                    [taken[k][1].image for k in due], [taken[k][0].detection for k in due]
-                )
+                with self._detect_lock:
+                    found = self.perception.detect_batch(
+                        [taken[k][1].image for k in due], [taken[k][0].detection for k in due]
+                    )
             except Exception:  # the batch failed: its frames are lost, the loop goes on
                 log.exception("detection of %d frames failed", len(due))
+                for lane, _ in taken:
+                    lane.loop.skip()
                 return 0
-            detected = dict(zip(due, found))
+            detected.update(zip(due, found))
             t1 = clock()
             m.stage("detect", t1, (t1 - t0) * 1000)
         else:
@@ -233,6 +249,8 @@ class MultiLoop:
     ) -> int:
         """Rounds until ``stop`` is set, every source ended, or ``max_frames`` (all
         cameras together)."""
+        if self.overlap:
+            return self._run_overlapped(stop, max_frames)
         processed = 0
         while not stop.is_set() and not self.ended:
             done = self.step()
@@ -240,8 +258,55 @@ class MultiLoop:
             if max_frames is not None and processed >= max_frames:
                 break
             if done == 0 and not any(lane.ring.depth for lane in self.lanes):
-                self._wake.wait(wait_s)
+                self.wake.wait(wait_s)
                 self._heartbeat()
+        for lane in self.lanes:
+            lane.loop.finish()
+        return processed
+
+    def _idle_others(self, served: Set[str]) -> None:
+        now = self._clock()
+        for lane in self.lanes:
+            if lane.id not in served and now - lane.last_idle >= IDLE_EVERY_S:
+                lane.last_idle = now
+                lane.loop.idle()
+
+    def _run_overlapped(self, stop: threading.Event, max_frames: Optional[int]) -> int:
+        """:meth:`run` with the next round detected on its own thread."""
+        from agent.realtime.multi_ahead import RoundsAhead
+
+        ahead = RoundsAhead(self, self._detect_lock, clock=self._clock)
+        processed = 0
+        ahead.start()
+        try:
+            while not stop.is_set():
+                item = ahead.take(timeout=0.5)
+                if item is None:
+                    if ahead.ended:  # every source ended, or capture stopped
+                        break
+                    if not ahead.alive:
+                        raise RuntimeError("the detection thread ended unexpectedly")
+                    if not ahead.busy:  # no frame came (a hung detector beats nothing)
+                        self._idle_others(set())
+                        self._heartbeat()
+                    continue
+                self._idle_others({lane.id for lane, _ in item.taken})
+                try:
+                    if item.error is not None:
+                        for lane, _ in item.taken:
+                            lane.loop.skip()
+                        log.error("detection of %d frames failed: %s", len(item.taken), item.error)
+                        done = 0
+                    else:
+                        done = self._process(item.taken, item.detected)
+                finally:
+                    for lane, frame in item.taken:
+                        lane.ring.release(frame)
+                processed += done
+                if max_frames is not None and processed >= max_frames:
+                    break
+        finally:
+            ahead.stop()
         for lane in self.lanes:
             lane.loop.finish()
         return processed

@@ -374,8 +374,8 @@ class HungSource(LiveSource):
         raise SourceError("released")
 
 
-def run_cameras(sources, seconds, watchdog=None):
-    beat = watchdog.register("capture", 0.4) if watchdog is not None else None
+def run_cameras(sources, seconds, watchdog=None, deadline_s=1.0):
+    beat = watchdog.register("capture", deadline_s) if watchdog is not None else None
     cameras = CameraSet(
         [CameraSpec(name, src, 0.05, 0.1) for name, src in sources.items()],
         heartbeat=beat.beat if beat is not None else (lambda: None),
@@ -410,8 +410,9 @@ def test_a_dead_and_a_hung_camera_do_not_stall_the_live_ones():
                 "hung": HungSource("test://hung", release),
                 "live2": LiveSource("test://live2"),
             },
-            1.0,
+            2.0,
             watchdog,
+            deadline_s=0.75,  # the dead and hung cameras alone would stall it by then
         )
     finally:
         release.set()
@@ -429,8 +430,9 @@ def test_the_watchdog_stalls_when_every_camera_is_hung():
         watchdog = Watchdog(ServiceNotifier(None), None)
         _, _, stalled = run_cameras(
             {"h1": HungSource("test://h1", release), "h2": HungSource("test://h2", release)},
-            1.0,
+            1.5,
             watchdog,
+            deadline_s=0.5,
         )
     finally:
         release.set()

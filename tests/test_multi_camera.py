@@ -412,7 +412,7 @@ def test_a_dead_and_a_hung_camera_do_not_stall_the_live_ones():
             },
             2.0,
             watchdog,
-            deadline_s=0.75,  # the dead and hung cameras alone would stall it by then
+            deadline_s=0.75,  # the hung camera alone would stall it by then (a retrying one beats)
         )
     finally:
         release.set()

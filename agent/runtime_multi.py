@@ -220,7 +220,9 @@ def build_multi_runtime(
             heartbeat=lambda: heartbeat("loop"),
             camera=cam.id,
         )
-        lanes.append(Lane(cam.id, camera.ring, loop, perception_settings(p), cam.weight))
+        lane = Lane(cam.id, camera.ring, loop, perception_settings(p), cam.weight)
+        lane.min_period_s = 1.0 / p.max_fps if p.max_fps else 0.0  # per camera
+        lanes.append(lane)
     multi = MultiLoop(
         engines.perception,
         lanes,

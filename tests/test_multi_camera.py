@@ -782,3 +782,26 @@ def test_detection_one_round_ahead_gives_each_camera_its_events_alone(perception
     together = comparable(sink.events)
     assert set(together) == {"a", "b", "c"} and len(sink.events) >= 6
     assert together == comparable(alone)
+
+
+def test_max_fps_caps_each_camera():
+    """pipeline.max_fps with several cameras: each camera's frames are taken at most
+    that often; what it sends more is dropped in its ring (counted), the others are
+    not held back."""
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    perception, lanes = cheap_lanes({"slow": 1.0, "free": 1.0}, clock)
+    lanes[0].min_period_s = 0.1  # max_fps 10
+    multi = MultiLoop(perception, lanes, PipelineMetrics(), 2, threading.Event(), clock=clock)
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(100):  # one second of 100 frames/s on both cameras
+        now[0] += 0.01
+        for lane in lanes:
+            publish(lane.ring, image, i, now[0])
+        multi.step()
+    counts = {c.id: c for c in multi.counts()}
+    assert counts["free"].frames_processed == 100
+    assert counts["slow"].frames_processed in (10, 11)
+    assert (
+        counts["slow"].frames_dropped + counts["slow"].frames_processed + lanes[0].ring.depth == 100
+    )

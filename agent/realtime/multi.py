@@ -51,6 +51,8 @@ class Lane:
     stale: int = 0  # frames taken too late, dropped
     ended: bool = False  # its source ended (a file that does not loop)
     last_idle: float = 0.0
+    min_period_s: float = 0.0  # pipeline.max_fps: the least time between two frames taken
+    last_taken: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,14 @@ class MultiLoop:
 
     def take_round(self) -> List[Tuple[Lane, Frame]]:
         """The frames of the next round (taken from the rings: release them)."""
-        ready = [lane.id for lane in self.lanes if not lane.ended and lane.ring.depth]
+        now = self._clock()
+        ready = [
+            lane.id
+            for lane in self.lanes
+            if not lane.ended
+            and lane.ring.depth
+            and (lane.last_taken is None or now - lane.last_taken >= lane.min_period_s)
+        ]
         taken: List[Tuple[Lane, Frame]] = []
         for name in self.share.choose(ready, self.capacity) if ready else []:
             lane = self._by_id[name]
@@ -118,6 +127,7 @@ class MultiLoop:
                 lane.stale += 1
                 lane.ring.release(frame)
                 continue
+            lane.last_taken = now
             taken.append((lane, frame))
         return taken
 
@@ -257,7 +267,7 @@ class MultiLoop:
             processed += done
             if max_frames is not None and processed >= max_frames:
                 break
-            if done == 0 and not any(lane.ring.depth for lane in self.lanes):
+            if done == 0:  # nothing ready, or only cameras held back by max_fps
                 self.wake.wait(wait_s)
                 self._heartbeat()
         for lane in self.lanes:

@@ -301,6 +301,43 @@ def build_engines(
     return Engines(perception, labels, manifest, backend_names, closers, tensorrt_failed)
 
 
+def build_secondary(
+    config: AgentConfig,
+    manifest: LoadedManifest,
+    metrics: PipelineMetrics,
+    make_runner: Optional[RunnerFactory] = None,
+    clock: Callable[[], float] = time.monotonic,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Optional[SecondaryWorker]:
+    """The secondary stage's worker (not started), or None with the stage off."""
+    p = config.pipeline
+    secondary = None
+    own = secondary_source(config.pipeline.secondary, manifest)  # None with the stage off
+    if own is not None:
+        sp = p.secondary
+        own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
+        loader = secondary_loader(
+            config.models,
+            sp,
+            own,
+            make_runner,
+            lambda at, ms: metrics.model("secondary", at, ms),
+            reporter,
+            on_building,
+        )
+        secondary = SecondaryWorker(
+            loader,
+            sp.rate_hz,
+            clock=clock,
+            name=sp.model,
+            settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
+            nice=sp.nice,
+        )
+
+    return secondary
+
+
 def build_runtime(
     config: AgentConfig,
     sink: EventSink,
@@ -344,28 +381,9 @@ def build_runtime(
     tensorrt_failed = engines.tensorrt_failed
 
     p = config.pipeline
-    secondary = None
-    own = secondary_source(config.pipeline.secondary, manifest)  # None with the stage off
-    if own is not None:
-        sp = p.secondary
-        own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
-        loader = secondary_loader(
-            config.models,
-            sp,
-            own,
-            make_runner,
-            lambda at, ms: metrics.model("secondary", at, ms),
-            reporter,
-            on_building,
-        )
-        secondary = SecondaryWorker(
-            loader,
-            sp.rate_hz,
-            clock=clock,
-            name=sp.model,
-            settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
-            nice=sp.nice,
-        )
+    secondary = build_secondary(
+        config, manifest, metrics, make_runner, clock, reporter, on_building
+    )
 
     cam = config.camera
     source = open_source(

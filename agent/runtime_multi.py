@@ -24,7 +24,7 @@ from agent.platform import detect_platform
 from agent.realtime.loop import Loop, LoopSettings
 from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics
 from agent.realtime.multi import CameraCounts, Lane, MultiLoop
-from agent.runtime import RunnerFactory, Runtime, build_engines
+from agent.runtime import RunnerFactory, Runtime, build_engines, build_secondary
 from agent.telemetry.models import CameraTelemetry
 from agent.tracking import EmotionSmoother, IoUTracker
 from engines.manifest import LoadedManifest
@@ -80,6 +80,8 @@ class MultiRuntime(Runtime):
                 if not halt.is_set():
                     on_end()
 
+        if self.secondary is not None:
+            self.secondary.start()
         cameras.start()
         self._thread = threading.Thread(target=work, name="loop", daemon=True)
         self._thread.start()
@@ -173,11 +175,11 @@ def build_multi_runtime(
     metrics = PipelineMetrics()
     manifest = batched_detector(manifest_for(config.models), config.models.detector, batch)
     engines = build_engines(config, metrics, manifest, make_runner, reporter, on_building)
-    if config.pipeline.secondary.enabled:
-        log.warning(
-            "pipeline.secondary is not run with several cameras yet (cameras:); "
-            "the loop runs without it"
-        )
+    # one secondary worker for every camera: its rate is the device's; its results
+    # name their camera
+    secondary = build_secondary(
+        config, engines.manifest, metrics, make_runner, clock, reporter, on_building
+    )
     jetson = detect_platform().is_jetson
     specs = [
         CameraSpec(
@@ -213,7 +215,7 @@ def build_multi_runtime(
             sink,
             LoopSettings(p.detect_every_n, p.summary_interval_s, None, False),
             PipelineMetrics(),
-            None,
+            secondary,
             clock=clock,
             wall_clock=wall_clock,
             on_frame=on_frame,
@@ -242,7 +244,7 @@ def build_multi_runtime(
         first.ring,
         first.capture,
         metrics,
-        None,
+        secondary,
         engines.backend,
         first.states,
         engines.closers,

@@ -805,3 +805,60 @@ def test_max_fps_caps_each_camera():
     assert (
         counts["slow"].frames_dropped + counts["slow"].frames_processed + lanes[0].ring.depth == 100
     )
+
+
+def test_the_secondary_stage_serves_every_camera_and_names_it():
+    """One secondary worker for all cameras: its results come back as fine_emotions
+    events of the camera whose crop it was (camera a's frames are dark, b's bright),
+    and the crop slot goes round the cameras."""
+    from agent.realtime.secondary import SecondaryWorker
+
+    def load():
+        def model(crop):
+            dark = float(crop.mean()) < 128
+            return {"dark": 1.0 if dark else 0.0, "bright": 0.0 if dark else 1.0}
+
+        return model, lambda: None
+
+    worker = SecondaryWorker(load, rate_hz=30)
+
+    class OneFace(CheapPerception):
+        def detect_batch(self, images, settings=None):
+            return [[(8.0, 8.0, 40.0, 40.0, 0.9)] for _ in images]
+
+        def landmarks_batch(self, items):
+            return [
+                (np.zeros((len(b), 68, 2)), np.zeros((len(b), 4)), list(range(len(b))))
+                for _, b in items
+            ]
+
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    perception, sink = OneFace(), ListSink()
+    lanes = []
+    for name in ("a", "b"):
+        loop = make_loop(perception, sink, name, clock)
+        loop.secondary = worker
+        lanes.append(Lane(name, FrameRing(3), loop, PerceptionSettings()))
+    multi = MultiLoop(perception, lanes, PipelineMetrics(), 2, threading.Event(), clock=clock)
+    frames = {"a": np.full((48, 64, 3), 20, np.uint8), "b": np.full((48, 64, 3), 230, np.uint8)}
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        i = 0
+        while time.monotonic() < deadline:
+            now[0] += 0.05
+            for lane in lanes:
+                publish(lane.ring, frames[lane.id], i, now[0])
+            multi.step()
+            i += 1
+            fine = [e for e in sink.events if e.type == "fine_emotions"]
+            if {e.camera for e in fine} == {"a", "b"} and len(fine) >= 4:
+                break
+            time.sleep(0.01)  # the worker runs on its own thread
+    finally:
+        worker.stop()
+    fine = [e for e in sink.events if e.type == "fine_emotions"]
+    assert {e.camera for e in fine} == {"a", "b"}
+    for e in fine:
+        assert e.top[0].label == ("dark" if e.camera == "a" else "bright")

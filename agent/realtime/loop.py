@@ -261,7 +261,9 @@ class Loop:
             if made is None:
                 return
             crop, square = made
-            if worker.offer(track.id, crop, frame.captured_at, frame.index, square):
+            if worker.offer(
+                track.id, crop, frame.captured_at, frame.index, square, camera=self.camera
+            ):
                 track.last_secondary = self._clock()
 
     def _emit_fine(self, worker: SecondaryWorker, result: SecondaryResult) -> None:
@@ -286,7 +288,8 @@ class Loop:
             bbox=[round(float(v), 1) for v in result.bbox],
             inference_ms=round(result.inference_ms, 2),
             latency_ms=round(latency_ms, 2),
-            camera=self.camera,
+            # with several cameras the worker is shared: the result names its camera
+            camera=result.camera if result.camera is not None else self.camera,
         )
         self.sink.emit(event)
         self.metrics.events += 1

@@ -212,7 +212,11 @@ class MultiLoop:
             log.exception("landmarks/emotion of %d frames failed; each frame alone", len(pending))
             results = [self._alone(lane, p) for lane, p in pending]
         done = 0
-        for (lane, p), result in zip(pending, results):
+        # each round starts with another camera: the secondary stage's slot (one crop
+        # at a time, for every camera) goes round the cameras
+        first = self.rounds % len(pending)
+        rotated = list(zip(pending, results))
+        for (lane, p), result in rotated[first:] + rotated[:first]:
             if result is None:
                 continue
             lane_points, kept, mine = result

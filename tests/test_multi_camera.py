@@ -862,3 +862,17 @@ def test_the_secondary_stage_serves_every_camera_and_names_it():
     assert {e.camera for e in fine} == {"a", "b"}
     for e in fine:
         assert e.top[0].label == ("dark" if e.camera == "a" else "bright")
+
+
+def test_bench_cameras_on_a_file_source(test_manifest):
+    """bench --cameras with a file source: N copies of the file, told apart by a query."""
+    from tests.conftest import run_cli
+
+    photo = SAMPLES / "faceapi-sample2.jpg"
+    res = run_cli([*cli_common(test_manifest), "bench", "--cameras", "2", "--source", str(photo),
+                   "--frames", "5", "--warmup", "1", "--json"])  # fmt: skip
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    assert report["source"] == f"file://{photo}"
+    assert [c["frames"] for c in report["per_camera"]] == [5, 5]
+    assert all(c["faces"] > 0 for c in report["per_camera"])

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
 from agent.realtime.metrics import MetricsSnapshot
-from agent.runtime import Runtime, build_runtime
+from agent.runtime import Runtime
+from agent.runtime_multi import build_runtime_for
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
     ServiceNotifier,
@@ -62,7 +63,7 @@ OUTBOX_DEADLINE_S = 180.0
 
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     """The settings the running pipeline was built from (a change needs a restart)."""
-    return config.model_dump(include={"camera", "models", "pipeline"})
+    return config.model_dump(include={"camera", "cameras", "models", "pipeline"})
 
 
 class Daemon:
@@ -74,7 +75,7 @@ class Daemon:
         environ: Optional[Mapping[str, str]] = None,
         on_frame=None,
         max_frames: Optional[int] = None,
-        build: Callable[..., Runtime] = build_runtime,
+        build: Callable[..., Runtime] = build_runtime_for,
         reporter: Optional[BuildReporter] = None,
         capture_deadline_s: float = CAPTURE_DEADLINE_S,
         loop_deadline_s: float = LOOP_DEADLINE_S,
@@ -140,9 +141,7 @@ class Daemon:
     def _start(self, config: AgentConfig) -> None:
         self._runtime_closed = False
         self.runtime = self._build(
-            config.camera,
-            config.models,
-            config.pipeline,
+            config,
             self.sink,
             on_frame=self._on_frame,
             heartbeat=self._heartbeat,
@@ -268,6 +267,13 @@ class Daemon:
                 raise RuntimeError("the agent is stopping")
             return self._apply(self.config, prepare)
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera of several (``restart-camera``); the others run on."""
+        with self._control:
+            if self._stopping or self.runtime is None:
+                raise RuntimeError("the pipeline is not running")
+            self.runtime.restart_camera(camera)
+
     def _apply_live(self, old: AgentConfig, new: AgentConfig) -> None:
         if old.logging.level != new.logging.level:
             logging.getLogger("emotion_agent").setLevel(new.logging.level)
@@ -317,6 +323,7 @@ class Daemon:
         if snap is None or runtime is None:
             return None
         worker = runtime.secondary
+        cameras = getattr(runtime, "camera_telemetry", None)  # several cameras
         return loop_telemetry(
             snap,
             backend=runtime.backend,
@@ -324,6 +331,7 @@ class Daemon:
             tensorrt_failed=runtime.tensorrt_failed,
             secondary_model=worker.name if worker is not None else None,
             secondary=worker.stats() if worker is not None else None,
+            cameras=cameras() if cameras is not None else None,
         )
 
     # -- status ----------------------------------------------------------------

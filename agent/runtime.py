@@ -32,6 +32,7 @@ from agent.engine_runners import (
 )
 from agent.events.sinks import EventSink
 from agent.perception.factory import build_perception, manifest_for
+from agent.perception.frame import Perception
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import Runner, timed
 from agent.platform import detect_platform
@@ -43,6 +44,7 @@ from agent.realtime.secondary import (
     SecondarySettings,
     SecondaryWorker,
 )
+from agent.telemetry.models import CameraTelemetry
 from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
@@ -158,6 +160,15 @@ class Runtime:
             source_state=self.capture.state.state,
         )
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera's source (several cameras only)."""
+        raise ValueError("restart-camera needs cameras: (several cameras); use restart-pipeline")
+
+    def camera_telemetry(self) -> "Optional[List[CameraTelemetry]]":
+        """Each camera's telemetry with several cameras (agent/runtime_multi.py); None
+        with one."""
+        return None
+
     def run(self, stop: threading.Event, max_frames: Optional[int] = None) -> int:
         """:meth:`start`, wait until the loop ends (``stop`` set, the source ended,
         ``max_frames``), :meth:`stop`. The frames processed."""
@@ -232,27 +243,30 @@ def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
     return run
 
 
-def build_runtime(
-    camera: CameraConfig,
+@dataclass
+class Engines:
+    """The models of the loop, one set for every camera."""
+
+    perception: Perception
+    labels: List[str]  # the emotion vocabulary (the manifest's)
+    manifest: LoadedManifest
+    backend: str
+    closers: List[Callable[[], None]]
+    tensorrt_failed: List[str]  # models whose TensorRT engine failed (on ONNX Runtime)
+
+
+def build_engines(
     models: ModelsConfig,
     pipeline: PipelineConfig,
-    sink: EventSink,
-    *,
+    metrics: PipelineMetrics,
+    manifest: LoadedManifest,
     make_runner: Optional[RunnerFactory] = None,
-    lossless: bool = False,
-    pace: bool = True,
-    clock: Callable[[], float] = time.monotonic,
-    wall_clock: Callable[[], float] = time.time,
-    on_frame=None,
-    on_state: Optional[Callable[[CaptureState], None]] = None,
-    heartbeat: Callable[[str], None] = lambda stage: None,
     reporter: Optional[BuildReporter] = None,
     on_building: Optional[OnBuilding] = None,
-) -> Runtime:
-    """Wire the agent from the ``camera``, ``models`` and ``pipeline`` sections.
-    ``make_runner`` replaces the engines layer (tests, analyze)."""
-    metrics = PipelineMetrics()
-    manifest = manifest_for(models)
+) -> Engines:
+    """Prepare the engines (or ``make_runner``'s runners) and wire perception from the
+    ``models`` and ``pipeline`` sections; each model's time goes to ``metrics`` under
+    its role."""
     roles = {
         models.detector: "detector",
         models.landmarks: "landmarks",
@@ -286,7 +300,20 @@ def build_runtime(
 
     perception = build_perception(models, pipeline, make, manifest)
     labels = manifest.emotion_labels(models.emotion)  # the manifest's vocabulary
+    return Engines(perception, labels, manifest, backend_names, closers, tensorrt_failed)
 
+
+def build_secondary(
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
+    manifest: LoadedManifest,
+    metrics: PipelineMetrics,
+    make_runner: Optional[RunnerFactory] = None,
+    clock: Callable[[], float] = time.monotonic,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Optional[SecondaryWorker]:
+    """The secondary stage's worker (not started), or None with the stage off."""
     p = pipeline
     secondary = None
     own = secondary_source(p.secondary, manifest)  # None with the stage off
@@ -310,6 +337,40 @@ def build_runtime(
             settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
             nice=sp.nice,
         )
+    return secondary
+
+
+def build_runtime(
+    camera: CameraConfig,
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
+    sink: EventSink,
+    *,
+    make_runner: Optional[RunnerFactory] = None,
+    lossless: bool = False,
+    pace: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    on_frame=None,
+    on_state: Optional[Callable[[CaptureState], None]] = None,
+    heartbeat: Callable[[str], None] = lambda stage: None,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Runtime:
+    """Wire one camera's agent from the ``camera``, ``models`` and ``pipeline`` sections.
+    ``make_runner`` replaces the engines layer (tests, analyze). Several cameras:
+    ``agent.runtime_multi.build_runtime_for``."""
+    metrics = PipelineMetrics()
+    engines = build_engines(
+        models, pipeline, metrics, manifest_for(models), make_runner, reporter, on_building
+    )
+    perception, labels, manifest = engines.perception, engines.labels, engines.manifest
+    backend_names, closers = engines.backend, engines.closers
+    tensorrt_failed = engines.tensorrt_failed
+    p = pipeline
+    secondary = build_secondary(
+        models, pipeline, manifest, metrics, make_runner, clock, reporter, on_building
+    )
 
     source = open_source(
         camera.source,

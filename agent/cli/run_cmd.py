@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
 from agent.cli.context import CliContext
-from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE
+from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE, EXIT_USAGE
 from agent.cli.progress import FrameProgress
 from agent.config import AgentConfig
 from agent.daemon import Daemon
@@ -79,7 +79,16 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     progress = FrameProgress(ctx.stderr, "")
     ctx.stderr = progress.clearing(ctx.stderr)
     config = ctx.load(announce=True).config
-    if urlsplit(config.camera.source).scheme == "file":
+    if config.multi_camera and args.preview:
+        print(
+            "emotion-agent run: --preview draws one camera; with cameras: it is not "
+            "available (run one camera with --set 'cameras=null' --set camera.source=...)",
+            file=ctx.stderr,
+        )
+        return EXIT_USAGE
+    if config.multi_camera:
+        progress.enabled = False  # several cameras: events are the output
+    elif urlsplit(config.camera.source).scheme == "file":
         progress.what = Path(urlsplit(config.camera.source).path).name
         progress.total = _file_frames(config.camera.source, config.camera.loop)
         if args.max_frames is not None:
@@ -101,6 +110,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
                 config.state_dir,
                 labels=labels,
                 fine_emotions=config.pipeline.secondary.enabled,
+                cameras=[c.id for c in config.camera_entries()] if config.multi_camera else (),
                 rebuild=rebuild_engines,
                 logger=ctx.logger,
             )
@@ -152,7 +162,9 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     ctx.logger.info(
         "running: camera %s, models %s / %s / %s",
-        config.camera.source,
+        ", ".join(f"{c.id} {c.source}" for c in config.camera_entries())
+        if config.multi_camera
+        else config.camera.source,
         config.models.detector,
         config.models.landmarks,
         config.models.emotion,

@@ -7,7 +7,8 @@ Each device then appears in Home Assistant with sensors for its current emotion
 (from the events), its processing rate and its outbox depth (from the telemetry),
 and, with ``pipeline.secondary.enabled``, ``fine_emotion``: the strongest of the 40
 fine emotions of the latest ``fine_emotions`` event; available while its status is
-"online". A broker ACL can confine a device's
+"online". With ``cameras:`` each camera also has ``emotion_<camera>`` and
+``fps_<camera>``. A broker ACL can confine a device's
 discovery publishes with ``pattern write homeassistant/sensor/%u/#``. Devices of
 different fleets that share one Home Assistant need distinct ids.
 """
@@ -46,6 +47,38 @@ SENSORS = (
 FINE_SENSOR = ("fine_emotion", "events", FINE_EMOTION, {"icon": "mdi:emoticon-happy-outline"})
 
 
+def camera_sensors(cameras: Sequence[str]) -> List[Tuple[str, str, str, Dict[str, Any]]]:
+    """With ``cameras:`` (their ids; empty with one ``camera:``), each camera's own
+    sensors: ``emotion_<camera>`` (the label of its latest event; events carry
+    ``camera``) and ``fps_<camera>`` (telemetry's ``pipeline.cameras``). The device's
+    own sensors stay (its emotion: any camera's)."""
+    out: List[Tuple[str, str, str, Dict[str, Any]]] = []
+    for cam_id in cameras:
+        key = node_id(cam_id)
+        emotion = (
+            "{{ value_json.event.label if value_json.event.camera == '" + cam_id + "' and "
+            "value_json.event.type != 'fine_emotions'" + KEEP
+        )
+        fps = (
+            "{{ (value_json.pipeline.cameras | selectattr('id', 'equalto', '" + cam_id + "') "
+            "| map(attribute='fps') | first) }}"
+        )
+        out.append((f"emotion_{key}", "events", emotion, {"icon": "mdi:emoticon-outline"}))
+        out.append(
+            (
+                f"fps_{key}",
+                "telemetry",
+                fps,
+                {
+                    "unit_of_measurement": "fps",
+                    "state_class": "measurement",
+                    "icon": "mdi:speedometer",
+                },
+            )
+        )
+    return out
+
+
 AVAILABILITY = "{{ 'online' if value_json.state == 'online' else 'offline' }}"
 
 
@@ -61,6 +94,7 @@ def discovery_messages(
     fine_emotions: bool = False,
     version: str = __version__,
     labels: Optional[Sequence[str]] = None,
+    cameras: Sequence[str] = (),
 ) -> List[Tuple[str, bytes]]:
     """(topic, payload) of every discovery config of the device whose topics are
     ``topics``, under the discovery ``prefix`` (``mqtt.discovery.prefix``); ``site``
@@ -83,6 +117,7 @@ def discovery_messages(
     sensors = list(SENSORS)
     if fine_emotions:
         sensors.append(FINE_SENSOR)
+    sensors += camera_sensors(cameras)
     for name, leaf, template, extra in sensors:
         payload = {
             "name": name,
@@ -98,7 +133,7 @@ def discovery_messages(
             "device": ha_device,
             **extra,
         }
-        if name == "emotion" and labels:
+        if (name == "emotion" or name.startswith("emotion_")) and labels:
             payload.update({"device_class": "enum", "options": list(labels)})
         topic = f"{prefix}/sensor/{node}/{name}/config"
         out.append((topic, json.dumps(payload, separators=(",", ":")).encode("utf-8")))
@@ -107,7 +142,7 @@ def discovery_messages(
 
 class Discovery:
     """Publishes the discovery configs at every connect of ``publisher`` (its topics,
-    site and version), under ``prefix``; ``labels`` and ``fine_emotions`` as for
+    site and version), under ``prefix``; ``labels``, ``fine_emotions`` and ``cameras`` as for
     :func:`discovery_messages` (no labels: the emotion sensor is a text sensor)."""
 
     def __init__(
@@ -117,6 +152,7 @@ class Discovery:
         *,
         labels: Optional[Sequence[str]] = None,
         fine_emotions: bool = False,
+        cameras: Sequence[str] = (),
     ) -> None:
         self.messages = discovery_messages(
             publisher.topics,
@@ -125,6 +161,7 @@ class Discovery:
             fine_emotions=fine_emotions,
             version=publisher.version,
             labels=labels,
+            cameras=cameras,
         )
         self.publisher = publisher
 

@@ -22,13 +22,15 @@ class MqttService:
         *,
         labels: Optional[Sequence[str]] = None,
         fine_emotions: bool = False,
+        cameras: Sequence[str] = (),
         rebuild: Optional[Rebuild] = None,
         logger: Optional[logging.Logger] = None,
         **connection: Any,
     ) -> None:
         """``labels`` (the emotion vocabulary, ``perception.factory.emotion_labels``) and
         ``fine_emotions`` (``pipeline.secondary.enabled``) are what Home Assistant
-        discovery, when ``mqtt.discovery.enabled``, announces of the pipeline."""
+        discovery, when ``mqtt.discovery.enabled``, announces of the pipeline; with
+        ``cameras:``, ``cameras`` (their ids) adds each camera's own sensors."""
         self.rebuild = rebuild
         self._log = logger or logging.getLogger("emotion_agent.mqtt")
         self.publisher = Publisher.from_sections(
@@ -39,7 +41,11 @@ class MqttService:
             from agent.mqtt.discovery import Discovery
 
             Discovery(
-                self.publisher, mqtt.discovery.prefix, labels=labels, fine_emotions=fine_emotions
+                self.publisher,
+                mqtt.discovery.prefix,
+                labels=labels,
+                fine_emotions=fine_emotions,
+                cameras=cameras,
             ).install()
 
     @property

@@ -590,9 +590,11 @@ def test_bench_cameras_json_reports_aggregate_and_per_camera(test_manifest):
                    "--warmup", "2", "--json"])  # fmt: skip
     assert res.code == 0, res.err
     report = json.loads(res.out)
-    assert report["cameras"] == 3 and report["frames"] == 30
+    # rounds run until at least frames x cameras are done; a round in which a camera had
+    # no frame ready yet takes fewer, so the last round may go past by up to cameras - 1
+    assert report["cameras"] == 3 and 30 <= report["frames"] <= 32
     assert [c["id"] for c in report["per_camera"]] == ["cam1", "cam2", "cam3"]
-    assert sum(c["frames"] for c in report["per_camera"]) == 30
+    assert sum(c["frames"] for c in report["per_camera"]) == report["frames"]
     assert report["aggregate_fps"] == pytest.approx(
         sum(c["fps"] for c in report["per_camera"]), rel=0.02
     )
@@ -874,5 +876,6 @@ def test_bench_cameras_on_a_file_source(test_manifest):
     assert res.code == 0, res.err
     report = json.loads(res.out)
     assert report["source"] == f"file://{photo}"
-    assert [c["frames"] for c in report["per_camera"]] == [5, 5]
+    frames = [c["frames"] for c in report["per_camera"]]
+    assert 10 <= sum(frames) == report["frames"] <= 11 and min(frames) >= 4, frames
     assert all(c["faces"] > 0 for c in report["per_camera"])

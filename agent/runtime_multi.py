@@ -13,11 +13,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from agent.capture import CaptureState, open_source
 from agent.capture.cameras import CameraSet, CameraSpec
 from agent.config import AgentConfig
+from agent.config.models import CameraEntry, ModelsConfig, PipelineConfig
 from agent.events.sinks import EventSink
 from agent.perception.factory import manifest_for, perception_settings
 from agent.platform import detect_platform
@@ -154,7 +155,9 @@ class MultiRuntime(Runtime):
 
 
 def build_multi_runtime(
-    config: AgentConfig,
+    cameras: Sequence[Tuple[CameraEntry, PipelineConfig]],
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
     sink: EventSink,
     *,
     make_runner: Optional[RunnerFactory] = None,
@@ -169,19 +172,20 @@ def build_multi_runtime(
     on_building: Optional[OnBuilding] = None,
     stale_after_s: float = STALE_AFTER_S,
 ) -> MultiRuntime:
-    """Wire several cameras (``config.camera_entries()``) around one set of engines."""
-    entries = config.camera_entries()
-    batch = max(1, min(config.models.max_batch, len(entries)))
+    """Wire several ``cameras`` (each enabled camera with its pipeline: ``pipeline:``
+    with the camera's overrides) around one set of engines, from the ``models`` and
+    ``pipeline`` sections."""
+    entries = [cam for cam, _ in cameras]
+    own_pipeline = {cam.id: p for cam, p in cameras}
+    batch = max(1, min(models.max_batch, len(entries)))
     metrics = PipelineMetrics()
-    manifest = batched_detector(manifest_for(config.models), config.models.detector, batch)
-    engines = build_engines(
-        config.models, config.pipeline, metrics, manifest, make_runner, reporter, on_building
-    )
+    manifest = batched_detector(manifest_for(models), models.detector, batch)
+    engines = build_engines(models, pipeline, metrics, manifest, make_runner, reporter, on_building)
     # one secondary worker for every camera: its rate is the device's; its results
     # name their camera
     secondary = build_secondary(
-        config.models,
-        config.pipeline,
+        models,
+        pipeline,
         engines.manifest,
         metrics,
         make_runner,
@@ -216,7 +220,7 @@ def build_multi_runtime(
     )
     lanes = []
     for cam, camera in zip(entries, cameras.cameras):
-        p = config.camera_pipeline(cam)
+        p = own_pipeline[cam.id]
         loop = Loop(
             engines.perception,
             IoUTracker(p.track_iou, p.track_timeout_s),
@@ -244,7 +248,7 @@ def build_multi_runtime(
         stale_after_s=float("inf") if lossless else stale_after_s,
         clock=clock,
         heartbeat=lambda: heartbeat("loop"),
-        overlap=config.pipeline.overlap_detection,
+        overlap=pipeline.overlap_detection,
     )
     first = cameras.cameras[0]
     return MultiRuntime(
@@ -267,5 +271,13 @@ def build_runtime_for(config: AgentConfig, sink: EventSink, **options: Any) -> R
     one (``camera:``, :func:`agent.runtime.build_runtime` from its three sections).
     The daemon's and ``run``'s entry; ``options`` as ``build_runtime``'s."""
     if config.multi_camera:
-        return build_multi_runtime(config, sink, **options)
+        return build_multi_runtime(
+            camera_pipelines(config), config.models, config.pipeline, sink, **options
+        )
     return build_runtime(config.camera, config.models, config.pipeline, sink, **options)
+
+
+def camera_pipelines(config: AgentConfig) -> List[Tuple[CameraEntry, PipelineConfig]]:
+    """Each enabled camera of ``cameras:`` with its pipeline (``pipeline:`` with the
+    camera's overrides)."""
+    return [(cam, config.camera_pipeline(cam)) for cam in config.camera_entries()]

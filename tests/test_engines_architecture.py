@@ -142,9 +142,8 @@ WHOLE_CONFIG_AT = {
     "agent/demo.py": "writes the demo's configuration over the user's",
     "agent/doctor/runner.py": "loads it as the daemon would; each check gets its section",
     "agent/mqtt/commands.py": "get-config and set-config read and validate all of it",
-    "agent/runtime_multi.py": "chooses one camera or several (build_runtime_for); several "
-    "cameras read the camera list and each camera's pipeline overrides (to be handed as "
-    "sections, as build_runtime is)",
+    "agent/runtime_multi.py": "build_runtime_for, the daemon's entry: chooses one camera "
+    "or several and hands either its sections",
     "agent/telemetry/collector.py": "config_hash: the fingerprint of all of it",
 }
 WHOLE_CONFIG_NAMES = {"AgentConfig", "LoadedConfig", "load_config"}

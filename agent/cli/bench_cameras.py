@@ -24,7 +24,7 @@ from agent.cli.exit_codes import EXIT_FAILURE
 from agent.config import AgentConfig
 from agent.perception.video import OpenCVMissing
 from agent.realtime.metrics import PipelineMetrics
-from agent.runtime_multi import MultiRuntime, build_multi_runtime
+from agent.runtime_multi import MultiRuntime, build_multi_runtime, camera_pipelines
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
@@ -85,7 +85,9 @@ def bench_cameras(
 
     sink = Count()
     runtime = build_multi_runtime(
-        multi_config,
+        camera_pipelines(multi_config),
+        multi_config.models,
+        multi_config.pipeline,
         sink,
         lossless=True,
         pace=False,

@@ -809,34 +809,30 @@ def test_max_fps_caps_each_camera():
     )
 
 
-def test_the_secondary_stage_serves_every_camera_and_names_it():
-    """One secondary worker for all cameras: its results come back as fine_emotions
-    events of the camera whose crop it was (camera a's frames are dark, b's bright),
-    and the crop slot goes round the cameras."""
-    from agent.realtime.secondary import SecondaryWorker
+class OneFace(CheapPerception):
+    """One face in the same place on every frame."""
 
-    def load():
-        def model(crop):
-            dark = float(crop.mean()) < 128
-            return {"dark": 1.0 if dark else 0.0, "bright": 0.0 if dark else 1.0}
+    def detect_batch(self, images, settings=None):
+        return [[(8.0, 8.0, 40.0, 40.0, 0.9)] for _ in images]
 
-        return model, lambda: None
+    def landmarks_batch(self, items):
+        return [
+            (np.zeros((len(b), 68, 2)), np.zeros((len(b), 4)), list(range(len(b))))
+            for _, b in items
+        ]
 
-    worker = SecondaryWorker(load, rate_hz=30)
 
-    class OneFace(CheapPerception):
-        def detect_batch(self, images, settings=None):
-            return [[(8.0, 8.0, 40.0, 40.0, 0.9)] for _ in images]
+def _dark_or_bright():
+    def model(crop):
+        dark = float(crop.mean()) < 128
+        return {"dark": 1.0 if dark else 0.0, "bright": 0.0 if dark else 1.0}
 
-        def landmarks_batch(self, items):
-            return [
-                (np.zeros((len(b), 68, 2)), np.zeros((len(b), 4)), list(range(len(b))))
-                for _, b in items
-            ]
+    return model, lambda: None
 
-    now = [0.0]
-    clock = lambda: now[0]  # noqa: E731
-    perception, sink = OneFace(), ListSink()
+
+def _two_cameras_sharing(worker, clock, sink):
+    """Cameras a (dark frames) and b (bright frames), one face each, one worker."""
+    perception = OneFace()
     lanes = []
     for name in ("a", "b"):
         loop = make_loop(perception, sink, name, clock)
@@ -844,9 +840,21 @@ def test_the_secondary_stage_serves_every_camera_and_names_it():
         lanes.append(Lane(name, FrameRing(3), loop, PerceptionSettings()))
     multi = MultiLoop(perception, lanes, PipelineMetrics(), 2, threading.Event(), clock=clock)
     frames = {"a": np.full((48, 64, 3), 20, np.uint8), "b": np.full((48, 64, 3), 230, np.uint8)}
+    return multi, lanes, frames
+
+
+def test_the_secondary_stage_serves_every_camera_and_names_it():
+    """One secondary worker for all cameras: its results come back as fine_emotions
+    events of the camera whose crop it was (camera a's frames are dark, b's bright)."""
+    from agent.realtime.secondary import SecondaryWorker
+
+    worker = SecondaryWorker(_dark_or_bright, rate_hz=30)
+    now = [0.0]
+    sink = ListSink()
+    multi, lanes, frames = _two_cameras_sharing(worker, lambda: now[0], sink)
     worker.start()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         i = 0
         while time.monotonic() < deadline:
             now[0] += 0.05
@@ -864,6 +872,51 @@ def test_the_secondary_stage_serves_every_camera_and_names_it():
     assert {e.camera for e in fine} == {"a", "b"}
     for e in fine:
         assert e.top[0].label == ("dark" if e.camera == "a" else "bright")
+
+
+@pytest.mark.parametrize("rounds_per_slot", [1, 2, 3, 4])
+def test_the_secondary_slot_goes_round_the_cameras_at_any_rate(rounds_per_slot):
+    """The stage takes one crop every ``rounds_per_slot`` rounds (its rate against the
+    round rate): each camera still gets half of them. A rotation by round number
+    alone aliases with an even period (every slot to one camera: failed in CI)."""
+    from agent.realtime.secondary import SecondaryWorker
+
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+    step_s = 0.02
+    worker = SecondaryWorker(
+        _dark_or_bright, rate_hz=1.001 / (rounds_per_slot * step_s), clock=clock
+    )
+    sink = ListSink()
+    multi, lanes, frames = _two_cameras_sharing(worker, clock, sink)
+    accepted = [0]
+    offer = worker.offer
+
+    def counted(*args, **kwargs):
+        ok = offer(*args, **kwargs)
+        accepted[0] += ok
+        return ok
+
+    worker.offer = counted
+    worker.start()
+    try:
+        for i in range(48):
+            now[0] += step_s
+            for lane in lanes:
+                publish(lane.ring, frames[lane.id], i, now[0])
+            multi.step()
+            deadline = time.monotonic() + 10  # the crop is done before the next round
+            while worker.runs + worker.errors < accepted[0] and time.monotonic() < deadline:
+                time.sleep(0.001)
+    finally:
+        worker.stop()
+    by_camera = {"a": 0, "b": 0}
+    for e in sink.events:
+        if e.type == "fine_emotions":
+            by_camera[e.camera] += 1
+    slots = sum(by_camera.values())
+    assert slots >= 48 // rounds_per_slot - 2, by_camera
+    assert abs(by_camera["a"] - by_camera["b"]) <= 1, by_camera
 
 
 def test_bench_cameras_on_a_file_source(test_manifest):

@@ -87,6 +87,9 @@ class Loop:
         self._heartbeat = heartbeat
         self._frames = 0
         self._last_frame_at: Optional[float] = None
+        # when this camera's crop was last taken by the secondary stage (None: never);
+        # with several cameras sharing one worker, the one served longest ago asks first
+        self.secondary_at: Optional[float] = None
 
     # -- events ------------------------------------------------------------------
 
@@ -264,7 +267,7 @@ class Loop:
             if worker.offer(
                 track.id, crop, frame.captured_at, frame.index, square, camera=self.camera
             ):
-                track.last_secondary = self._clock()
+                track.last_secondary = self.secondary_at = self._clock()
 
     def _emit_fine(self, worker: SecondaryWorker, result: SecondaryResult) -> None:
         """A secondary result as a ``fine_emotions`` event (the track may have ended:

@@ -55,6 +55,11 @@ class Lane:
     last_taken: Optional[float] = None
 
 
+def _served_at(loop: Loop) -> float:
+    """When the secondary stage last took a crop of this camera (-inf: never)."""
+    return float("-inf") if loop.secondary_at is None else loop.secondary_at
+
+
 @dataclass(frozen=True)
 class CameraCounts:
     """One camera's counters, as a snapshot."""
@@ -212,11 +217,16 @@ class MultiLoop:
             log.exception("landmarks/emotion of %d frames failed; each frame alone", len(pending))
             results = [self._alone(lane, p) for lane, p in pending]
         done = 0
-        # each round starts with another camera: the secondary stage's slot (one crop
-        # at a time, for every camera) goes round the cameras
+        # the secondary stage takes one crop at a time for every camera: the camera it
+        # served longest ago (or never) asks first, so its slot goes round the cameras
+        # whatever the stage's rate (a plain rotation by round aliases with it: at half
+        # the round rate, one camera would get every slot); ties rotate by round
         first = self.rounds % len(pending)
         rotated = list(zip(pending, results))
-        for (lane, p), result in rotated[first:] + rotated[:first]:
+        ordered = sorted(
+            rotated[first:] + rotated[:first], key=lambda item: _served_at(item[0][0].loop)
+        )
+        for (lane, p), result in ordered:
             if result is None:
                 continue
             lane_points, kept, mine = result

@@ -166,6 +166,33 @@ def test_the_detector_runs_on_the_next_frame_while_this_one_finishes():
     assert overlapped == [True] * 11  # no landmark stage waited out its 2 s
 
 
+def test_the_detector_is_never_entered_by_two_threads_at_once():
+    """With detect_every_n > 1 and no face, the thread detects every Nth frame ahead
+    and the loop detects the others itself (no track left): both use the one
+    detector, which (a TensorRT execution context) must not run on two threads at
+    once. Each detection here lasts 5 ms and counts who is inside."""
+    inside = [0]
+    most = [0]
+    guard = threading.Lock()
+
+    def on_detect(i):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.005)
+        with guard:
+            inside[0] -= 1
+
+    perception = IndexedPerception(lambda i: [], lambda i: [], on_detect=on_detect)
+    loop = make_loop(perception, ListSink(), overlap=True, detect_every_n=2)
+    ring = FrameRing(4, lossless=True)
+    feed(ring, 80)
+    assert loop.run(ring, threading.Event()) == 80
+    assert sorted(perception.detected) == list(range(80))  # no face: every frame
+    assert set(perception.detect_threads.values()) == {"detect-ahead", "MainThread"}
+    assert most[0] == 1
+
+
 def test_a_failed_detection_is_logged_and_the_loop_goes_on(caplog):
     perception = IndexedPerception(lambda i: [FACE], lambda i: [NEUTRAL], fail_at={3, 4})
     sink = ListSink()

@@ -87,6 +87,10 @@ class Loop:
         self._heartbeat = heartbeat
         self._frames = 0
         self._last_frame_at: Optional[float] = None
+        # the detector, one thread at a time: with detection one frame ahead, the
+        # thread detects the frames due every detect_every_n and this loop the others
+        # (no track left); a TensorRT execution context is not thread-safe
+        self._detect_lock = threading.Lock()
         # when this camera's crop was last taken by the secondary stage (None: never);
         # with several cameras sharing one worker, the one served longest ago asks first
         self.secondary_at: Optional[float] = None
@@ -181,9 +185,11 @@ class Loop:
         t0 = clock()
         if detect:
             if detected is None:
-                boxes = self.perception.detect(image)
+                with self._detect_lock:  # (a wait for the ahead thread is not timed)
+                    started = clock()
+                    boxes = self.perception.detect(image)
                 t1 = clock()
-                m.stage("detect", t1, (t1 - t0) * 1000)
+                m.stage("detect", t1, (t1 - started) * 1000)
             else:  # the detect stage was timed on the thread that ran it
                 boxes, t1 = detected, t0
             update = self.tracker.update(boxes, now)
@@ -369,6 +375,7 @@ class Loop:
             clock=self._clock,
             min_period_s=1.0 / self.settings.max_fps if self.settings.max_fps else 0.0,
             sleep=sleep,
+            lock=self._detect_lock,
         )
         processed = 0
         ahead.start()

@@ -8,27 +8,24 @@ frames) and detects, in one batch, the frames due by their camera's frame count
 no track left) depends on the frame before, so the loop decides that and detects
 such frames itself; the detector is used by one thread at a time (a lock).
 
-Rounds are handed over one at a time: at most one detected round waits for the
-loop, so a slow loop still drops frames in the rings (newest wins). A detection that
-raises is handed over with its error. Rounds it holds when stopped go back to the
-rings. When every ring has closed, the end is handed over after the last round.
+Rounds are handed over one at a time (:class:`~agent.realtime.ahead.AheadThread`):
+at most one detected round waits for the loop, so a slow loop still drops frames in
+the rings (newest wins). A detection that raises is handed over with its error.
+Rounds it holds when stopped go back to the rings. When every ring has closed, the
+end is handed over after the last round.
 """
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
 from agent.capture.ring import Frame
 from agent.perception.frame import Box
+from agent.realtime.ahead import END, AheadThread
 
 if TYPE_CHECKING:
     from agent.realtime.multi import Lane, MultiLoop
-
-log = logging.getLogger("emotion_agent.realtime")
-
-_END = object()
 
 
 @dataclass
@@ -40,7 +37,7 @@ class Round:
     error: Optional[BaseException] = None
 
 
-class RoundsAhead:
+class RoundsAhead(AheadThread[Round]):
     def __init__(
         self,
         multi: "MultiLoop",
@@ -48,83 +45,23 @@ class RoundsAhead:
         clock: Callable[[], float] = time.monotonic,
         poll_s: float = 0.05,
     ) -> None:
+        super().__init__(poll_s)
         self._multi = multi
         self._lock = lock
         self._clock = clock
-        self._poll = poll_s
-        self._cond = threading.Condition()
-        self._slot: Any = None
-        self._halt = threading.Event()
-        self._busy_since: Optional[float] = None
-        self._ended = False
-        self._thread: Optional[threading.Thread] = None
         # frames taken per camera, from each camera's count when it started
         self._taken = {lane.id: lane.loop.frames for lane in multi.lanes}
 
-    # -- the loop's side ------------------------------------------------------------
+    def _release(self, item: Round) -> None:
+        for lane, frame in item.taken:
+            lane.ring.release(frame)
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="detect-ahead", daemon=True)
-        self._thread.start()
+    def _wake_producer(self) -> None:
+        self._multi.wake.set()  # it may wait for a frame of any camera
 
-    def take(self, timeout: float) -> Optional[Round]:
-        with self._cond:
-            if self._slot is None:
-                self._cond.wait_for(lambda: self._slot is not None, timeout)
-            item, self._slot = self._slot, None
-            if item is not None:
-                self._cond.notify_all()
-        if item is _END:
-            self._ended = True
-            return None
-        return item
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def busy(self) -> bool:
-        return self._busy_since is not None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._halt.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._multi.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._cond:
-            item, self._slot = self._slot, None
-        if isinstance(item, Round):
-            for lane, frame in item.taken:
-                lane.ring.release(frame)
-
-    # -- the thread ------------------------------------------------------------------
-
-    def _hand_over(self, item: Any) -> bool:
-        with self._cond:
-            while self._slot is not None and not self._halt.is_set():
-                self._cond.wait(self._poll)
-            if self._halt.is_set():
-                return False
-            self._slot = item
-            self._cond.notify_all()
-            return True
-
-    def _work(self) -> None:
-        try:
-            self._rounds()
-        except Exception:  # a bug: logged here, and the loop fails (not alive)
-            log.exception("the detection thread failed")
-
-    def _rounds(self) -> None:
+    def _produce(self) -> None:
         multi = self._multi
-        while not self._halt.is_set():
+        while not self._halted:
             multi.wake.clear()  # before looking: a frame published meanwhile sets it
             for lane in multi.lanes:
                 if not lane.ended and lane.ring.closed and not lane.ring.depth:
@@ -132,7 +69,7 @@ class RoundsAhead:
             taken = multi.take_round()
             if not taken:
                 if multi.ended:
-                    self._hand_over(_END)
+                    self._hand_over(END)
                     return
                 multi.wake.wait(self._poll)
                 continue
@@ -144,9 +81,9 @@ class RoundsAhead:
                 if n % lane.loop.settings.detect_every_n == 0:
                     due.append(k)
             if due:
-                start = self._busy_since = self._clock()
                 try:
                     with self._lock:
+                        start = self._busy_since = self._clock()
                         found = multi.perception.detect_batch(
                             [taken[k][1].image for k in due], [taken[k][0].detection for k in due]
                         )
@@ -158,6 +95,5 @@ class RoundsAhead:
                 finally:
                     self._busy_since = None
             if not self._hand_over(item):
-                for lane, frame in taken:
-                    lane.ring.release(frame)
+                self._release(item)
                 return

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
-from agent.capture.thread import Backoff
+from agent.capture.thread import Backoff, log_state
 from agent.config.models import CameraConfig, ModelsConfig, PipelineConfig, SecondaryConfig
 from agent.engine_runners import (
     EngineRunner,
@@ -387,16 +387,7 @@ def build_runtime(
 
     def state_changed(state: CaptureState) -> None:
         states.append(state)
-        if state.state == "retrying":
-            log.warning(
-                "camera %s: %s; retrying in %.1f s (attempt %d)",
-                source.uri,
-                state.detail,
-                state.retry_in_s or 0.0,
-                state.attempt,
-            )
-        else:
-            log.info("camera %s: %s %s", source.uri, state.state, state.detail)
+        log_state(source.uri, state)
         if on_state is not None:
             on_state(state)
 

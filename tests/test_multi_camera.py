@@ -33,6 +33,7 @@ from engines.manifest import load_manifest
 from tests.conftest import REPO
 from tests.mqtt_helpers import Requester, Subscriber
 from tests.onnx_models import manifest_with_test_emotion
+from tests.test_loop import ListSink
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless is part of the test install")
 
@@ -136,15 +137,25 @@ def test_landmarks_and_emotion_of_all_cameras_in_one_batch_equal_each_frame_alon
                 assert a.scores[label] == pytest.approx(b.scores[label], abs=1e-4)
 
 
-class ListSink:
-    def __init__(self):
-        self.events = []
-
-    def emit(self, event):
-        self.events.append(event)
-
-    def close(self):
-        pass
+def events_alone(perception, cams, base, now: List[float]) -> List:
+    """Each camera's frames through a loop of its own, one at a time (the reference a
+    batched run is compared with): its events, camera after camera. ``cams``: id ->
+    (frames, pipeline); ``now``: the clock, each camera from its value at the start
+    and 0.1 s a frame; the detector's settings are ``base``'s again afterwards."""
+    start, alone = now[0], []
+    for name, (images, p) in cams.items():
+        loop = make_loop(perception, ListSink(), name, lambda: now[0], p)
+        perception.detector.settings = perception_settings(p)
+        try:
+            now[0] = start
+            for i, image in enumerate(images):
+                now[0] += 0.1
+                loop.step(Frame(i, now[0], image, 0))
+            loop.finish()
+        finally:
+            perception.detector.settings = perception_settings(base)
+        alone.extend(loop.sink.events)
+    return alone
 
 
 def make_loop(perception, sink, camera, clock, p=None, metrics=None):
@@ -214,19 +225,7 @@ def test_events_of_batched_rounds_equal_each_camera_run_alone(perception):
         lane.loop.finish()
 
     now[0] = 100.0
-    alone: List = []
-    for name, (images, p) in cams.items():
-        loop = make_loop(perception, ListSink(), name, clock, p)
-        perception.detector.settings = perception_settings(p)
-        try:
-            now[0] = 100.0
-            for i, image in enumerate(images):
-                now[0] += 0.1
-                loop.step(Frame(i, now[0], image, 0))
-            loop.finish()
-        finally:
-            perception.detector.settings = perception_settings(base)
-        alone.extend(loop.sink.events)
+    alone = events_alone(perception, cams, base, now)
 
     def by_camera(events) -> Dict[str, List[dict]]:
         out: Dict[str, List[dict]] = {}
@@ -768,19 +767,7 @@ def test_detection_one_round_ahead_gives_each_camera_its_events_alone(perception
             out.setdefault(e.camera, []).append(data)
         return out
 
-    alone: List = []
-    now = [100.0]
-    for name, (images, p) in cams.items():
-        loop = make_loop(perception, ListSink(), name, lambda: now[0], p)
-        perception.detector.settings = perception_settings(p)
-        try:
-            for i, image in enumerate(images):
-                now[0] += 0.1
-                loop.step(Frame(i, now[0], image, 0))
-            loop.finish()
-        finally:
-            perception.detector.settings = perception_settings(base)
-        alone.extend(loop.sink.events)
+    alone = events_alone(perception, cams, base, [100.0])
     together = comparable(sink.events)
     assert set(together) == {"a", "b", "c"} and len(sink.events) >= 6
     assert together == comparable(alone)

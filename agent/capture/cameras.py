@@ -7,7 +7,6 @@ closes), so that the loop of all cameras (agent/realtime/multi.py) waits on one
 thing instead of polling.
 """
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,9 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 from agent.capture.ring import FrameRing
 from agent.capture.sources import Source
-from agent.capture.thread import Backoff, CaptureState, CaptureThread
-
-log = logging.getLogger("emotion_agent.capture")
+from agent.capture.thread import Backoff, CaptureState, CaptureThread, log_state
 
 
 @dataclass
@@ -81,18 +78,7 @@ class CameraSet:
     ) -> Callable[[CaptureState], None]:
         def changed(state: CaptureState) -> None:
             camera.states.append(state)
-            if state.state == "retrying":
-                log.warning(
-                    "camera %s (%s): %s; retrying in %.1f s (attempt %d)",
-                    camera.id,
-                    camera.source.uri,
-                    state.detail,
-                    state.retry_in_s or 0.0,
-                    state.attempt,
-                )
-            else:
-                log.info("camera %s (%s): %s %s", camera.id, camera.source.uri, state.state,
-                         state.detail)  # fmt: skip
+            log_state(f"{camera.id} ({camera.source.uri})", state)
             if on_state is not None:
                 on_state(camera.id, state)
 

@@ -7,6 +7,7 @@ Every state change goes to ``on_state``: the loop logs it, telemetry shows it,
 the watchdog sees the capture heartbeat stop.
 """
 
+import logging
 import random
 import threading
 import time
@@ -16,6 +17,8 @@ from typing import Callable, Optional
 from agent.backoff import Backoff as _Backoff
 from agent.capture.ring import FrameRing, RingClosed
 from agent.capture.sources import Source, SourceEnded, SourceError
+
+log = logging.getLogger("emotion_agent.capture")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,21 @@ class Backoff(_Backoff):
 
     def __init__(self, initial: float, maximum: float, rng: Optional[random.Random] = None) -> None:
         super().__init__(initial, maximum, rng, jitter=(0.8, 1.2))
+
+
+def log_state(camera: str, state: CaptureState) -> None:
+    """A camera's state change in the log: ``retrying`` as a warning with the reason
+    and the wait, the others as information. ``camera``: how the log names it."""
+    if state.state == "retrying":
+        log.warning(
+            "camera %s: %s; retrying in %.1f s (attempt %d)",
+            camera,
+            state.detail,
+            state.retry_in_s or 0.0,
+            state.attempt,
+        )
+    else:
+        log.info("camera %s: %s %s", camera, state.state, state.detail)
 
 
 class CaptureThread(threading.Thread):

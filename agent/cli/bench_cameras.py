@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
 from agent.config import AgentConfig
+from agent.events.sinks import CountingSink
 from agent.perception.video import OpenCVMissing
 from agent.realtime.metrics import PipelineMetrics
 from agent.runtime_multi import MultiRuntime, build_multi_runtime, camera_pipelines
@@ -74,16 +75,7 @@ def bench_cameras(
     source = config.camera.source
     multi_config = cameras_config(config, source, n)
 
-    class Count:
-        count = 0
-
-        def emit(self, event: Any) -> None:
-            self.count += 1
-
-        def close(self) -> None:
-            pass
-
-    sink = Count()
+    sink = CountingSink()
     runtime = build_multi_runtime(
         camera_pipelines(multi_config),
         multi_config.models,

@@ -12,22 +12,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE
+from agent.events.sinks import CountingSink
 from agent.perception.video import OpenCVMissing, cv2_module
 from agent.runtime import build_runtime
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
 from engines.progress import default_reporter
-
-
-class CountingSink:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def emit(self, event: Any) -> None:
-        self.count += 1
-
-    def close(self) -> None:
-        pass
 
 
 def add_parser(

@@ -36,6 +36,20 @@ class JsonLinesSink:
             self._stream.close()
 
 
+class CountingSink:
+    """Counts events and keeps none (bench: the events are the work, not the output).
+    Several cameras' loops emit from one thread, so a plain counter is enough."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def emit(self, event: AnyEvent) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
 class TeeSink:
     """Every event to several sinks (the MQTT publisher and a JSON lines file)."""
 

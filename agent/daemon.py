@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
+from agent.realtime.loop import FrameHook
 from agent.realtime.metrics import MetricsSnapshot
 from agent.runtime import Runtime
 from agent.runtime_multi import build_runtime_for
@@ -73,7 +74,7 @@ class Daemon:
         sink: EventSink,
         reload_config: Optional[Callable[[], AgentConfig]] = None,
         environ: Optional[Mapping[str, str]] = None,
-        on_frame=None,
+        on_frame: Optional[FrameHook] = None,
         max_frames: Optional[int] = None,
         build: Callable[..., Runtime] = build_runtime_for,
         reporter: Optional[BuildReporter] = None,

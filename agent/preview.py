@@ -1,10 +1,11 @@
 """``--preview OUT.mp4``: annotated video of what the loop sees (boxes, landmarks,
 track ids, labels with their confidence, the detector's confidence). For setting a
 camera up; never sent anywhere. Written at the source's frame rate when it has one
-(a video file), else at ``camera.fps``, so that it plays at the speed it was filmed."""
+(a video file), else at ``camera.fps``, so that it plays at the speed it was filmed.
+With several cameras (``cameras:``), one video per camera, its id in the file name."""
 
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
@@ -82,3 +83,41 @@ class PreviewWriter:
             self._writer = None
             return self.path
         return None
+
+
+def preview_path(path: Path, camera: Optional[str]) -> Path:
+    """Where a camera's preview goes: ``path`` itself for the one camera of
+    ``camera:`` (None); with several cameras, the camera's id before the suffix
+    (``out.mp4`` -> ``out-door.mp4``)."""
+    if camera is None:
+        return path
+    return path.with_name(f"{path.stem}-{camera}{path.suffix or '.mp4'}")
+
+
+class CameraPreviews:
+    """``--preview`` for one camera or several: a :class:`PreviewWriter` per camera,
+    each at its own source's frame rate, called with each frame's camera id."""
+
+    def __init__(
+        self, path: Path, cameras: Sequence[Tuple[Optional[str], float]], labels: Sequence[str]
+    ) -> None:
+        """``cameras``: (id, frame rate) of each camera (id None: the one camera)."""
+        self.writers: Dict[Optional[str], PreviewWriter] = {
+            camera: PreviewWriter(preview_path(path, camera), fps, labels)
+            for camera, fps in cameras
+        }
+
+    def __call__(self, frame: Frame, tracks: List[Track], camera: Optional[str] = None) -> None:
+        writer = self.writers.get(camera)
+        if writer is None:
+            raise KeyError(f"no preview for camera {camera!r}")
+        writer(frame, tracks)
+
+    def close(self) -> List[Tuple[Path, int]]:
+        """Close every video; (path, frames) of those written."""
+        written = []
+        for writer in self.writers.values():
+            path = writer.close()
+            if path is not None:
+                written.append((path, writer.frames))
+        return written

@@ -36,7 +36,7 @@ from agent.perception.frame import Perception
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import Runner, timed
 from agent.platform import detect_platform
-from agent.realtime.loop import Loop, LoopSettings
+from agent.realtime.loop import FrameHook, Loop, LoopSettings
 from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics
 from agent.realtime.secondary import (
     SecondaryLoader,
@@ -351,7 +351,7 @@ def build_runtime(
     pace: bool = True,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
-    on_frame=None,
+    on_frame: Optional[FrameHook] = None,
     on_state: Optional[Callable[[CaptureState], None]] = None,
     heartbeat: Callable[[str], None] = lambda stage: None,
     reporter: Optional[BuildReporter] = None,

@@ -22,7 +22,7 @@ from agent.config.models import CameraEntry, ModelsConfig, PipelineConfig
 from agent.events.sinks import EventSink
 from agent.perception.factory import manifest_for, perception_settings
 from agent.platform import detect_platform
-from agent.realtime.loop import Loop, LoopSettings
+from agent.realtime.loop import FrameHook, Loop, LoopSettings
 from agent.realtime.metrics import MetricsSnapshot, PipelineMetrics
 from agent.realtime.multi import CameraCounts, Lane, MultiLoop
 from agent.runtime import RunnerFactory, Runtime, build_engines, build_runtime, build_secondary
@@ -165,7 +165,7 @@ def build_multi_runtime(
     pace: bool = True,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
-    on_frame=None,
+    on_frame: Optional[FrameHook] = None,
     on_state: Optional[Callable[[CaptureState], None]] = None,
     heartbeat: Callable[[str], None] = lambda stage: None,
     reporter: Optional[BuildReporter] = None,

@@ -628,9 +628,37 @@ def test_run_with_cameras_writes_events_of_each_camera(test_manifest, tmp_path):
     for cam in ("a", "b"):
         kinds = [e["type"] for e in events if e["camera"] == cam]
         assert kinds.count("new") >= 1 and kinds.count("end") == kinds.count("new")
+
+
+def test_run_preview_with_cameras_writes_a_video_per_camera(test_manifest, tmp_path):
+    """--preview with several cameras: OUT-<id>.mp4 each, at the camera's own size,
+    with the frames that camera's loop processed."""
+    from tests.conftest import run_cli
+
+    cameras = json.dumps(
+        [
+            {"id": "a", "source": "synthetic://a", "width": 320, "height": 240, "fps": 30},
+            {"id": "b", "source": "synthetic://b", "width": 256, "height": 192, "fps": 15},
+        ]
+    )
+    common = cli_common(test_manifest, camera=False)
     res = run_cli([*common, "--set", f"cameras={cameras}", "run", "--no-mqtt",
-                   "--preview", str(tmp_path / "p.mp4")])  # fmt: skip
-    assert res.code == 2 and "--preview draws one camera" in res.err
+                   "--max-frames", "40", "--preview", str(tmp_path / "p.mp4")])  # fmt: skip
+    assert res.code == 0, res.err
+    assert not (tmp_path / "p.mp4").exists()
+    frames = {}
+    for cam, size, fps in (("a", (320, 240), 30), ("b", (256, 192), 15)):
+        path = tmp_path / f"p-{cam}.mp4"
+        cap = cv2.VideoCapture(str(path))
+        try:
+            assert cap.isOpened(), path
+            assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == size
+            assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(fps, abs=0.5)
+            frames[cam] = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        finally:
+            cap.release()
+        assert f"preview written to {path} ({frames[cam]} frames)" in res.err
+    assert all(n > 0 for n in frames.values()) and sum(frames.values()) >= 40
 
 
 def test_fleet_watch_shows_the_cameras_under_their_device():

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
 from agent.cli.context import CliContext
-from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE, EXIT_USAGE
+from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE
 from agent.cli.progress import FrameProgress
 from agent.config import AgentConfig
 from agent.daemon import Daemon
@@ -17,7 +17,7 @@ from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
 from agent.perception.factory import emotion_labels
 from agent.perception.video import OpenCVMissing, cv2_module
-from agent.preview import PreviewWriter, source_fps
+from agent.preview import CameraPreviews, source_fps
 from agent.tracking.tracker import Track
 from engines.backend import EngineError
 from engines.manifest import ManifestError, ModelIntegrityError
@@ -52,7 +52,8 @@ def add_parser(
         "--preview",
         metavar="OUT.mp4",
         type=Path,
-        help="also write an annotated video (boxes, landmarks, track ids, labels)",
+        help="also write an annotated video (boxes, landmarks, track ids, labels); with "
+        "several cameras one per camera, OUT-<camera id>.mp4",
     )
     parser.add_argument("--max-frames", metavar="N", type=int, help="stop after N frames")
     common(parser)
@@ -79,13 +80,6 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     progress = FrameProgress(ctx.stderr, "")
     ctx.stderr = progress.clearing(ctx.stderr)
     config = ctx.load(announce=True).config
-    if config.multi_camera and args.preview:
-        print(
-            "emotion-agent run: --preview draws one camera; with cameras: it is not "
-            "available (run one camera with --set 'cameras=null' --set camera.source=...)",
-            file=ctx.stderr,
-        )
-        return EXIT_USAGE
     if config.multi_camera:
         progress.enabled = False  # several cameras: events are the output
     elif urlsplit(config.camera.source).scheme == "file":
@@ -124,16 +118,17 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     sinks: List[EventSink] = [s for s in (mqtt.sink if mqtt else None, jsonl) if s is not None]
     sink: EventSink = sinks[0] if len(sinks) == 1 else TeeSink(sinks)
     preview = None
-    if args.preview:
-        preview = PreviewWriter(
-            args.preview,
-            source_fps(config.camera.source, config.camera.fps),
-            labels=labels or [],
+    if args.preview:  # with several cameras, one video each (out-<id>.mp4)
+        previews = (
+            [(c.id, source_fps(c.source, c.fps)) for c in config.camera_entries()]
+            if config.multi_camera
+            else [(None, source_fps(config.camera.source, config.camera.fps))]
         )
+        preview = CameraPreviews(args.preview, previews, labels=labels or [])
 
-    def on_frame(frame: Frame, tracks: List[Track]) -> None:
+    def on_frame(frame: Frame, tracks: List[Track], camera: Optional[str]) -> None:
         if preview is not None:
-            preview(frame, tracks)
+            preview(frame, tracks, camera)
         progress.update(max(progress.done + 1, frame.index + 1))  # frames read of the file
 
     def reload_config() -> AgentConfig:  # SIGHUP: the same sources, read again
@@ -180,9 +175,8 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     finally:
         progress.finish()
         if preview is not None:
-            written = preview.close()
-            if written:
-                ctx.logger.info("preview written to %s (%d frames)", written, preview.frames)
+            for written, frames in preview.close():
+                ctx.logger.info("preview written to %s (%d frames)", written, frames)
     if daemon.snapshot() is not None:
         totals = daemon.totals()  # across pipeline restarts
         ctx.logger.info(

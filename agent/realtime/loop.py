@@ -32,6 +32,10 @@ from agent.realtime.secondary import SecondaryResult, SecondaryWorker, square_cr
 from agent.tracking.smoothing import EmotionSmoother
 from agent.tracking.tracker import IoUTracker, Track, TrackUpdate
 
+# after each frame: the frame, the tracks seen in it, and the camera's id (None: the
+# one camera of ``camera:``); --preview draws with it
+FrameHook = Callable[[Frame, List[Track], Optional[str]], None]
+
 log = logging.getLogger("emotion_agent.realtime")
 
 
@@ -68,7 +72,7 @@ class Loop:
         secondary: Optional[SecondaryWorker] = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        on_frame: Optional[Callable[[Frame, List[Track]], None]] = None,
+        on_frame: Optional[FrameHook] = None,
         heartbeat: Callable[[], None] = lambda: None,
         camera: Optional[str] = None,
     ) -> None:
@@ -243,7 +247,7 @@ class Loop:
         m.process.add(done, (done - pending.started) * 1000)
         self._heartbeat()
         if self._on_frame is not None:
-            self._on_frame(frame, seen)
+            self._on_frame(frame, seen, self.camera)
         return seen
 
     def _summaries(self, now: float, frame: Frame) -> None:

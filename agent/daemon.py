@@ -22,12 +22,14 @@
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional
 
 from agent.config import AgentConfig
 from agent.events.sinks import EventSink
 from agent.realtime.metrics import MetricsSnapshot
-from agent.runtime import Runtime, build_runtime
+from agent.runtime import Runtime
+from agent.runtime_multi import build_runtime_for
 from agent.service.lifecycle import Reloader, ServiceLifecycle
 from agent.service.notify import (
     ServiceNotifier,
@@ -61,7 +63,7 @@ OUTBOX_DEADLINE_S = 180.0
 
 def _pipeline_part(config: AgentConfig) -> Dict[str, Any]:
     """The settings the running pipeline was built from (a change needs a restart)."""
-    return config.model_dump(include={"camera", "models", "pipeline"})
+    return config.model_dump(include={"camera", "cameras", "models", "pipeline"})
 
 
 class Daemon:
@@ -73,12 +75,12 @@ class Daemon:
         environ: Optional[Mapping[str, str]] = None,
         on_frame=None,
         max_frames: Optional[int] = None,
-        build: Callable[..., Runtime] = build_runtime,
+        build: Callable[..., Runtime] = build_runtime_for,
         reporter: Optional[BuildReporter] = None,
         capture_deadline_s: float = CAPTURE_DEADLINE_S,
         loop_deadline_s: float = LOOP_DEADLINE_S,
         mqtt: "Optional[MqttService]" = None,
-        telemetry_sources: Callable[[AgentConfig], List[DeviceSource]] = default_sources,
+        telemetry_sources: Callable[[Path, bool], List[DeviceSource]] = default_sources,
         outbox_deadline_s: float = OUTBOX_DEADLINE_S,
         drain_timeout_s: float = 20.0,
     ) -> None:
@@ -265,6 +267,13 @@ class Daemon:
                 raise RuntimeError("the agent is stopping")
             return self._apply(self.config, prepare)
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera of several (``restart-camera``); the others run on."""
+        with self._control:
+            if self._stopping or self.runtime is None:
+                raise RuntimeError("the pipeline is not running")
+            self.runtime.restart_camera(camera)
+
     def _apply_live(self, old: AgentConfig, new: AgentConfig) -> None:
         if old.logging.level != new.logging.level:
             logging.getLogger("emotion_agent").setLevel(new.logging.level)
@@ -284,7 +293,7 @@ class Daemon:
         collector = TelemetryCollector(
             device_id=config.device.id,
             fleet=config.device.fleet,
-            sources=self._telemetry_sources(config),
+            sources=self._telemetry_sources(config.state_dir, config.telemetry.use_jtop),
             pipeline=self.telemetry_snapshot,
             config_hash=config_hash(config),
         )
@@ -314,6 +323,7 @@ class Daemon:
         if snap is None or runtime is None:
             return None
         worker = runtime.secondary
+        cameras = getattr(runtime, "camera_telemetry", None)  # several cameras
         return loop_telemetry(
             snap,
             backend=runtime.backend,
@@ -321,6 +331,7 @@ class Daemon:
             tensorrt_failed=runtime.tensorrt_failed,
             secondary_model=worker.name if worker is not None else None,
             secondary=worker.stats() if worker is not None else None,
+            cameras=cameras() if cameras is not None else None,
         )
 
     # -- status ----------------------------------------------------------------

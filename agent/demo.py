@@ -23,6 +23,7 @@ from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.fleet.broker import EmbeddedBroker
 from agent.mqtt.service import MqttService
+from agent.perception.factory import emotion_labels
 
 log = logging.getLogger("emotion_agent.demo")
 
@@ -225,7 +226,13 @@ def run_demo(
                 + ("" if raw else "# times are UTC; --json prints the raw messages\n")
             )
             printer = Printer(broker, prefix, out, raw)
-            service = MqttService(config)
+            service = MqttService(
+                config.mqtt,
+                config.device,
+                config.state_dir,
+                labels=emotion_labels(config.models),
+                fine_emotions=config.pipeline.secondary.enabled,
+            )
             daemon = Daemon(
                 config,
                 service.sink,

@@ -1,6 +1,8 @@
-"""Assemble the running agent from the configuration: models, capture, loop.
+"""Assemble the running agent from its three configuration sections (``camera``,
+``models``, ``pipeline``): models, capture, loop.
 
-``build_runtime`` wires everything (nothing runs yet). The one lifecycle of what it
+``build_runtime`` wires everything (nothing runs yet); it takes the sections it reads,
+not the whole configuration (the daemon holds that). The one lifecycle of what it
 built: :meth:`Runtime.start` starts the secondary worker, capture and the loop (on
 its own thread); :meth:`Runtime.stop_capture` ends the input; :meth:`Runtime.stop`
 stops the loop, waits for it, stops the secondary worker and releases the backends;
@@ -20,8 +22,7 @@ import numpy as np
 
 from agent.capture import CaptureState, CaptureThread, FrameRing, open_source
 from agent.capture.thread import Backoff
-from agent.config import AgentConfig
-from agent.config.models import ModelsConfig, SecondaryConfig
+from agent.config.models import CameraConfig, ModelsConfig, PipelineConfig, SecondaryConfig
 from agent.engine_runners import (
     EngineRunner,
     prepare_runners,
@@ -31,6 +32,7 @@ from agent.engine_runners import (
 )
 from agent.events.sinks import EventSink
 from agent.perception.factory import build_perception, manifest_for
+from agent.perception.frame import Perception
 from agent.perception.preprocess import prepare_image
 from agent.perception.runners import Runner, timed
 from agent.platform import detect_platform
@@ -42,6 +44,7 @@ from agent.realtime.secondary import (
     SecondarySettings,
     SecondaryWorker,
 )
+from agent.telemetry.models import CameraTelemetry
 from agent.telemetry.procfs import read_meminfo
 from agent.telemetry.sysfs import SysfsReader
 from agent.tracking import EmotionSmoother, IoUTracker
@@ -61,7 +64,6 @@ class LoopStuck(RuntimeError):
 
 @dataclass
 class Runtime:
-    config: AgentConfig
     loop: Loop
     ring: FrameRing
     capture: CaptureThread
@@ -158,6 +160,15 @@ class Runtime:
             source_state=self.capture.state.state,
         )
 
+    def restart_camera(self, camera: str) -> None:
+        """Reopen one camera's source (several cameras only)."""
+        raise ValueError("restart-camera needs cameras: (several cameras); use restart-pipeline")
+
+    def camera_telemetry(self) -> "Optional[List[CameraTelemetry]]":
+        """Each camera's telemetry with several cameras (agent/runtime_multi.py); None
+        with one."""
+        return None
+
     def run(self, stop: threading.Event, max_frames: Optional[int] = None) -> int:
         """:meth:`start`, wait until the loop ends (``stop`` set, the source ended,
         ``max_frames``), :meth:`stop`. The frames processed."""
@@ -232,30 +243,36 @@ def secondary_model(model: ResolvedModel, runner: Runner) -> SecondaryModel:
     return run
 
 
-def build_runtime(
-    config: AgentConfig,
-    sink: EventSink,
-    *,
+@dataclass
+class Engines:
+    """The models of the loop, one set for every camera."""
+
+    perception: Perception
+    labels: List[str]  # the emotion vocabulary (the manifest's)
+    manifest: LoadedManifest
+    backend: str
+    closers: List[Callable[[], None]]
+    tensorrt_failed: List[str]  # models whose TensorRT engine failed (on ONNX Runtime)
+
+
+def build_engines(
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
+    metrics: PipelineMetrics,
+    manifest: LoadedManifest,
     make_runner: Optional[RunnerFactory] = None,
-    lossless: bool = False,
-    pace: bool = True,
-    clock: Callable[[], float] = time.monotonic,
-    wall_clock: Callable[[], float] = time.time,
-    on_frame=None,
-    on_state: Optional[Callable[[CaptureState], None]] = None,
-    heartbeat: Callable[[str], None] = lambda stage: None,
     reporter: Optional[BuildReporter] = None,
     on_building: Optional[OnBuilding] = None,
-) -> Runtime:
-    """Wire the agent. ``make_runner`` replaces the engines layer (tests, analyze)."""
-    metrics = PipelineMetrics()
-    manifest = manifest_for(config.models)
+) -> Engines:
+    """Prepare the engines (or ``make_runner``'s runners) and wire perception from the
+    ``models`` and ``pipeline`` sections; each model's time goes to ``metrics`` under
+    its role."""
     roles = {
-        config.models.detector: "detector",
-        config.models.landmarks: "landmarks",
-        config.models.emotion: "emotion",
+        models.detector: "detector",
+        models.landmarks: "landmarks",
+        models.emotion: "emotion",
     }
-    members = manifest.members(config.models.emotion)
+    members = manifest.members(models.emotion)
     if len(members) > 1:  # a fusion: each member's time under its own role
         roles.update({name: f"emotion:{name}" for name in members})
 
@@ -268,7 +285,7 @@ def build_runtime(
     tensorrt_failed: List[str] = []
     if make_runner is None:
         runners = prepare_runners(
-            config.models, manifest, record=record, reporter=reporter, on_building=on_building
+            models, manifest, record=record, reporter=reporter, on_building=on_building
         )
         closers = [r.backend.close for r in runners.values()]
         tensorrt_failed = sorted(n for n, r in runners.items() if r.backend.info.tensorrt_error)
@@ -281,17 +298,30 @@ def build_runtime(
         def make(model: ResolvedModel) -> Runner:
             return timed(base(model), record(model.name))
 
-    perception = build_perception(config.models, config.pipeline, make, manifest)
-    labels = manifest.emotion_labels(config.models.emotion)  # the manifest's vocabulary
+    perception = build_perception(models, pipeline, make, manifest)
+    labels = manifest.emotion_labels(models.emotion)  # the manifest's vocabulary
+    return Engines(perception, labels, manifest, backend_names, closers, tensorrt_failed)
 
-    p = config.pipeline
+
+def build_secondary(
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
+    manifest: LoadedManifest,
+    metrics: PipelineMetrics,
+    make_runner: Optional[RunnerFactory] = None,
+    clock: Callable[[], float] = time.monotonic,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Optional[SecondaryWorker]:
+    """The secondary stage's worker (not started), or None with the stage off."""
+    p = pipeline
     secondary = None
-    own = secondary_source(config.pipeline.secondary, manifest)  # None with the stage off
+    own = secondary_source(p.secondary, manifest)  # None with the stage off
     if own is not None:
         sp = p.secondary
         own.resolve(sp.model, "secondary")  # a wrong name or task fails the start, loudly
         loader = secondary_loader(
-            config.models,
+            models,
             sp,
             own,
             make_runner,
@@ -307,14 +337,47 @@ def build_runtime(
             settings=SecondarySettings(sp.margin, sp.top_k, sp.publish_all),
             nice=sp.nice,
         )
+    return secondary
 
-    cam = config.camera
+
+def build_runtime(
+    camera: CameraConfig,
+    models: ModelsConfig,
+    pipeline: PipelineConfig,
+    sink: EventSink,
+    *,
+    make_runner: Optional[RunnerFactory] = None,
+    lossless: bool = False,
+    pace: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    on_frame=None,
+    on_state: Optional[Callable[[CaptureState], None]] = None,
+    heartbeat: Callable[[str], None] = lambda stage: None,
+    reporter: Optional[BuildReporter] = None,
+    on_building: Optional[OnBuilding] = None,
+) -> Runtime:
+    """Wire one camera's agent from the ``camera``, ``models`` and ``pipeline`` sections.
+    ``make_runner`` replaces the engines layer (tests, analyze). Several cameras:
+    ``agent.runtime_multi.build_runtime_for``."""
+    metrics = PipelineMetrics()
+    engines = build_engines(
+        models, pipeline, metrics, manifest_for(models), make_runner, reporter, on_building
+    )
+    perception, labels, manifest = engines.perception, engines.labels, engines.manifest
+    backend_names, closers = engines.backend, engines.closers
+    tensorrt_failed = engines.tensorrt_failed
+    p = pipeline
+    secondary = build_secondary(
+        models, pipeline, manifest, metrics, make_runner, clock, reporter, on_building
+    )
+
     source = open_source(
-        cam.source,
-        cam.width,
-        cam.height,
-        cam.fps,
-        loop=cam.loop,
+        camera.source,
+        camera.width,
+        camera.height,
+        camera.fps,
+        loop=camera.loop,
         pace=pace,
         jetson=detect_platform().is_jetson,
     )
@@ -340,7 +403,7 @@ def build_runtime(
     capture = CaptureThread(
         source,
         ring,
-        Backoff(cam.reconnect_initial_s, cam.reconnect_max_s),
+        Backoff(camera.reconnect_initial_s, camera.reconnect_max_s),
         on_state=state_changed,
         clock=clock,
         heartbeat=lambda: heartbeat("capture"),
@@ -359,7 +422,6 @@ def build_runtime(
         heartbeat=lambda: heartbeat("loop"),
     )
     return Runtime(
-        config,
         loop,
         ring,
         capture,

@@ -49,7 +49,9 @@ def main() -> int:
     overrides = {}
     if args.reconnect_min_s is not None:
         overrides = {"reconnect_min_s": args.reconnect_min_s, "reconnect_max_s": 1.0}
-    publisher = Publisher.from_config(config, **overrides).start()
+    publisher = Publisher.from_sections(
+        config.mqtt, config.device, config.state_dir, **overrides
+    ).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import Daemon
-from agent.runtime import build_runtime
+from agent.runtime_multi import build_runtime_for as build_runtime
 from tests.conftest import REPO
 from tests.notify_socket import notify_socket  # noqa: F401
 from tests.onnx_models import manifest_with_test_emotion

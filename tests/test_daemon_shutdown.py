@@ -12,7 +12,7 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import Daemon
-from agent.runtime import build_runtime
+from agent.runtime_multi import build_runtime_for as build_runtime
 from tests.notify_socket import notify_socket  # noqa: F401
 from tests.test_daemon import manifest, write_config  # noqa: F401
 
@@ -134,7 +134,7 @@ def test_a_hung_outbox_writer_stops_the_watchdog_and_status_names_a_full_disk(
             )
         )
     ).config
-    service = MqttService(config)
+    service = MqttService(config.mqtt, config.device, config.state_dir)
     outbox = service.publisher.outbox
     hang, release = threading.Event(), threading.Event()
     commit = outbox._commit

@@ -504,3 +504,28 @@ def test_doctor_runs_as_a_real_process(tmp_path, mosquitto):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "all checks passed"
     assert f"ok    broker   connected to 127.0.0.1:{mosquitto.port} anonymously" in proc.stdout
+
+
+def test_doctor_checks_each_camera_of_cameras(tmp_path, mosquitto):
+    """With cameras: one camera check per enabled camera, named camera:<id>, in the
+    configured order where the camera check goes; a missing device fails only its own."""
+    path = config_file(tmp_path, mosquitto)
+    data = yaml.safe_load(path.read_text())
+    data.pop("camera", None)
+    data["cameras"] = [
+        {"id": "door", "source": "synthetic://door"},
+        {"id": "desk", "source": "v4l2:///dev/video93"},
+        {"id": "spare", "source": "synthetic://spare", "enabled": False},
+        {"id": "clip", "source": str(tmp_path / "config.yaml")},
+    ]
+    path.write_text(yaml.safe_dump(data))
+    res = run_cli(["--config", str(path), "doctor", "--json"])
+    report = json.loads(res.out)
+    names = [c["name"] for c in report["checks"]]
+    assert names[-4:] == ["camera:door", "camera:desk", "camera:clip", "broker"]
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["camera:door"]["status"] == "ok"
+    assert checks["camera:clip"]["status"] == "ok"
+    assert checks["camera:desk"]["status"] == "fail"
+    assert "/dev/video93 does not exist" in checks["camera:desk"]["message"]
+    assert res.code == 1  # a camera that cannot open is a failed check

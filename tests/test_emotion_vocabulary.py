@@ -14,8 +14,10 @@ import yaml
 from agent.config import AgentConfig
 from agent.events.models import EmotionEvent
 from agent.events.vocabulary import event_schema
-from agent.mqtt.discovery import discovery_messages, emotion_labels
+from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.messages import EventMessage
+from agent.mqtt.topics import Topics
+from agent.perception.factory import emotion_labels
 from agent.perception.frame import Perception, fuse_log_linear
 from agent.tracking import EmotionSmoother
 from agent.tracking.tracker import Track
@@ -119,16 +121,18 @@ def test_message_schema_and_discovery_take_the_vocabulary(manifest):
         config = AgentConfig.model_validate(
             {"models": {"manifest": str(manifest), "emotion": model}}
         )
-        assert emotion_labels(config) == labels
+        assert emotion_labels(config.models) == labels
         sensors = {
             json.loads(p)["name"]: json.loads(p)
-            for _, p in discovery_messages(config, labels=emotion_labels(config))
+            for _, p in discovery_messages(
+                Topics("emotion", "f", "d"), "homeassistant", labels=emotion_labels(config.models)
+            )
         }
         assert sensors["emotion"]["device_class"] == "enum"
         assert sensors["emotion"]["options"] == labels
         assert "options" not in sensors["fps"]
     bad = AgentConfig.model_validate({"models": {"manifest": "/nonexistent.yaml"}})
-    assert emotion_labels(bad) is None  # discovery falls back to a text sensor
+    assert emotion_labels(bad.models) is None  # discovery falls back to a text sensor
 
 
 def test_bundled_vocabulary_is_the_manifests():
@@ -140,6 +144,8 @@ def test_bundled_vocabulary_is_the_manifests():
         assert labels == data["fusions"][default]["labels"]
     else:
         assert labels == data["models"][default]["labels"]
+    # what discovery announces and the preview draws, a fusion (the default) included
+    assert emotion_labels(AgentConfig().models) == labels
 
 
 def test_label_is_the_argmax_of_the_published_scores():

@@ -131,3 +131,46 @@ def test_the_engines_layer_holds_no_model_decoding():
     # backends, manifest, cache, builds: what turns outputs into faces is perception's
     names = {path.stem for path in (REPO / "engines").glob("*.py")}
     assert not names & {"faceapi", "landmarks", "blazeface", "decoders"}, names
+
+
+# The whole configuration (AgentConfig, or the loader that yields one) stays at the
+# top: everything below is handed the sections or plain values it reads (issue 20,
+# item 8; docs/configuration.md, "Who reads what"). Where it may be named, and why:
+WHOLE_CONFIG_AT = {
+    "agent/cli/": "the commands load it and hand each component its sections",
+    "agent/daemon.py": "holds the running one: SIGHUP and set-config compare and swap it",
+    "agent/demo.py": "writes the demo's configuration over the user's",
+    "agent/doctor/runner.py": "loads it as the daemon would; each check gets its section",
+    "agent/mqtt/commands.py": "get-config and set-config read and validate all of it",
+    "agent/runtime_multi.py": "build_runtime_for, the daemon's entry: chooses one camera "
+    "or several and hands either its sections",
+    "agent/telemetry/collector.py": "config_hash: the fingerprint of all of it",
+}
+WHOLE_CONFIG_NAMES = {"AgentConfig", "LoadedConfig", "load_config"}
+
+
+def _config_names(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agent.config"):
+            yield from (a.name for a in node.names if a.name in WHOLE_CONFIG_NAMES)
+
+
+def test_the_whole_configuration_stays_at_the_top():
+    for folder in ("agent", "engines"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            rel = path.relative_to(REPO).as_posix()
+            if rel.startswith("agent/config/") or rel.startswith(tuple(WHOLE_CONFIG_AT)):
+                continue
+            names = sorted(set(_config_names(path)))
+            assert not names, (
+                f"{rel} imports {', '.join(names)}: hand it the sections or values it "
+                "reads (or say in WHOLE_CONFIG_AT why it needs the whole configuration)"
+            )
+
+
+def test_the_whole_configuration_is_named_where_it_is_said_to_be():
+    # the list above stays true: each entry still needs it (a folder: some file in it)
+    for where in WHOLE_CONFIG_AT:
+        paths = sorted((REPO / where).rglob("*.py")) if where.endswith("/") else [REPO / where]
+        assert any(set(_config_names(p)) for p in paths), f"{where} no longer names it"

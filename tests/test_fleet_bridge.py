@@ -48,7 +48,9 @@ def test_a_site_broker_bridges_its_devices_to_the_central_recorder(start_mosquit
     box = later.run()
     time.sleep(0.5)
     central.restart()
-    assert wait_until(lambda: store.counts()["events"] >= 130, 30), store.counts()
+    # the bridge retries with backoff (restart_timeout 1 30: up to 30 s between tries),
+    # then the recorder's own reconnect: allow for two full backoffs on a loaded machine
+    assert wait_until(lambda: store.counts()["events"] >= 130, 90), store.counts()
     rec.stop()
     for key, last in {**report.last_seq, **box.last_seq}.items():
         assert store.event_seqs(*key.split("/")) == list(range(1, last + 1)), key

@@ -143,7 +143,7 @@ def test_the_publisher_through_the_embedded_broker(broker, tmp_path):
             "state_dir": str(tmp_path),
         }
     )
-    publisher = Publisher.from_config(cfg).start()
+    publisher = Publisher.from_sections(cfg.mqtt, cfg.device, cfg.state_dir).start()
     try:
         for i in range(2000):
             publisher.emit(synthetic_event(i))

@@ -98,8 +98,9 @@ def test_the_broker_goes_down_twice_mid_stream_and_every_seq_arrives(tmp_path, s
     sub = Subscriber(
         broker.host, broker.port, "emotion/#", protocol="3.1.1", client_id="sub", persistent=True
     )
-    publisher = Publisher.from_config(
-        config(broker, tmp_path / "state"), reconnect_min_s=0.1, reconnect_max_s=0.4
+    cfg = config(broker, tmp_path / "state")
+    publisher = Publisher.from_sections(
+        cfg.mqtt, cfg.device, cfg.state_dir, reconnect_min_s=0.1, reconnect_max_s=0.4
     ).start()
     total = 4000
     emitted = []

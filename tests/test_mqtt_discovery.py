@@ -9,6 +9,8 @@ import jinja2
 from agent.config.models import AgentConfig
 from agent.mqtt.discovery import discovery_messages
 from agent.mqtt.service import MqttService
+from agent.mqtt.topics import Topics
+from agent.perception.factory import emotion_labels
 from agent.telemetry.models import (
     AgentTelemetry,
     DeviceTelemetry,
@@ -40,9 +42,23 @@ def config(broker, tmp_path, enabled: bool) -> AgentConfig:
     )
 
 
+def make_service(cfg: AgentConfig) -> MqttService:
+    """As ``emotion-agent run`` makes it (the vocabulary, the secondary stage)."""
+    return MqttService(
+        cfg.mqtt,
+        cfg.device,
+        cfg.state_dir,
+        labels=emotion_labels(cfg.models),
+        fine_emotions=cfg.pipeline.secondary.enabled,
+    )
+
+
+TOPICS = Topics("emotion", "lobby", "cam.1")
+
+
 def test_discovery_is_off_by_default(mosquitto, tmp_path):
     ha = Subscriber(mosquitto.host, mosquitto.port, "homeassistant/#")
-    service = MqttService(config(mosquitto, tmp_path, enabled=False)).start()
+    service = make_service(config(mosquitto, tmp_path, enabled=False)).start()
     try:
         assert service.publisher.connection.wait_connected(10)
         assert not ha.wait_for(lambda msgs: bool(msgs), 1.0)
@@ -54,8 +70,7 @@ def test_discovery_is_off_by_default(mosquitto, tmp_path):
 def test_discovery_configs_match_the_published_messages(mosquitto, tmp_path):
     ha = Subscriber(mosquitto.host, mosquitto.port, "homeassistant/#")
     data = Subscriber(mosquitto.host, mosquitto.port, "emotion/#")
-    cfg = config(mosquitto, tmp_path, enabled=True)
-    service = MqttService(cfg).start()
+    service = make_service(config(mosquitto, tmp_path, enabled=True)).start()
     try:
         assert service.publisher.connection.wait_connected(10)
         assert ha.wait_for(lambda msgs: len(msgs) == 3, 5)
@@ -97,7 +112,7 @@ def test_discovery_configs_match_the_published_messages(mosquitto, tmp_path):
     ha.close()
     data.close()
     assert (
-        json.loads(discovery_messages(cfg)[0][1])["unique_id"]
+        json.loads(discovery_messages(TOPICS, "homeassistant")[0][1])["unique_id"]
         == "emotion_agent_lobby_cam_1_emotion"
     )
 
@@ -105,15 +120,8 @@ def test_discovery_configs_match_the_published_messages(mosquitto, tmp_path):
 def test_fine_emotion_sensor_shows_the_top_one_and_keeps_the_emotion(tmp_path):
     """With the secondary stage on, a fine_emotion sensor takes the top of the
     fine_emotions events; each sensor keeps its state on the other kind of event."""
-    cfg = AgentConfig.model_validate(
-        {
-            "device": {"id": "cam.1", "fleet": "lobby"},
-            "mqtt": {"discovery": {"enabled": True}},
-            "pipeline": {"secondary": {"enabled": True}},
-            "state_dir": str(tmp_path),
-        }
-    )
-    bodies = {json.loads(p)["name"]: json.loads(p) for _, p in discovery_messages(cfg)}
+    messages = discovery_messages(TOPICS, "homeassistant", fine_emotions=True)
+    bodies = {json.loads(p)["name"]: json.loads(p) for _, p in messages}
     assert sorted(bodies) == ["emotion", "fine_emotion", "fps", "outbox"]
     fine = {
         "seq": 7,
@@ -130,3 +138,57 @@ def test_fine_emotion_sensor_shows_the_top_one_and_keeps_the_emotion(tmp_path):
     assert resolve(bodies["emotion"]["value_template"], fine, "happy") == "happy"
     assert all(b["state_topic"] == "emotion/lobby/cam.1/events" for n, b in bodies.items()
                if n in ("emotion", "fine_emotion"))  # fmt: skip
+
+
+def test_several_cameras_have_an_emotion_and_an_fps_sensor_each(tmp_path):
+    """With cameras:, emotion_<camera> takes only that camera's events and keeps its
+    state on the others'; fps_<camera> reads that camera in the real telemetry model."""
+    from agent.events.models import EmotionEvent
+    from agent.telemetry.models import CameraTelemetry
+
+    cfg = AgentConfig.model_validate(
+        {
+            "device": {"id": "box", "fleet": "lobby"},
+            "mqtt": {"discovery": {"enabled": True}},
+            "cameras": [
+                {"id": "door", "source": "synthetic://door"},
+                {"id": "desk.2", "source": "synthetic://desk"},
+                {"id": "off", "source": "synthetic://off", "enabled": False},
+            ],
+            "state_dir": str(tmp_path),
+        }
+    )
+    topics = Topics("emotion", cfg.device.fleet, cfg.device.id)
+    ids = [c.id for c in cfg.camera_entries()]  # the enabled ones
+    assert ids == ["door", "desk.2"]
+    bodies = {
+        json.loads(p)["name"]: json.loads(p)
+        for _, p in discovery_messages(topics, "homeassistant", labels=["a", "b"], cameras=ids)
+    }
+    assert sorted(bodies) == ["emotion", "emotion_desk_2", "emotion_door", "fps", "fps_desk_2",
+                              "fps_door", "outbox"]  # fmt: skip
+    assert bodies["emotion_door"]["options"] == ["a", "b"]
+
+    def event(camera, label):
+        e = EmotionEvent(type="new", track_id=1, timestamp=datetime.now(timezone.utc),
+                         label=label, frame_index=3, duration_s=0.1, camera=camera)  # fmt: skip
+        return {"seq": 1, "event": json.loads(e.model_dump_json(exclude_none=True))}
+
+    door = bodies["emotion_door"]["value_template"]
+    assert resolve(door, event("door", "a")) == "a"
+    assert resolve(door, event("desk.2", "b"), "a") == "a"
+    assert resolve(bodies["emotion"]["value_template"], event("desk.2", "b")) == "b"
+    pipeline = PipelineTelemetry(
+        fps=20.0,
+        cameras=[
+            CameraTelemetry(id="door", state="running", fps=12.5),
+            CameraTelemetry(id="desk.2", state="retrying", fps=None),
+        ],
+    )
+    telemetry = json.loads(pipeline.model_dump_json())
+    assert resolve(bodies["fps_door"]["value_template"], {"pipeline": telemetry}) == "12.5"
+    assert resolve(bodies["fps_desk_2"]["value_template"], {"pipeline": telemetry}) == "None"
+    names = [t for t, _ in discovery_messages(topics, "homeassistant", cameras=ids)]
+    assert "homeassistant/sensor/box/emotion_desk_2/config" in names
+    # one camera: no per-camera sensors
+    assert not [t for t, _ in discovery_messages(topics, "homeassistant") if "_door" in t]

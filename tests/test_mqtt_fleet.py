@@ -59,7 +59,7 @@ def device(mosquitto, tmp_path):
             "state_dir": str(tmp_path / "state"),
         }
     )
-    service = MqttService(config)
+    service = MqttService(config.mqtt, config.device, config.state_dir)
     control = FakeControl()
     service.attach(control)
     service.start()

@@ -68,7 +68,7 @@ def test_mutual_tls(tmp_path, start_mosquitto, certs):  # noqa: F811
             "keyfile": str(certs.client.key),
         },
     )
-    publisher = Publisher.from_config(cfg).start()
+    publisher = Publisher.from_sections(cfg.mqtt, cfg.device, cfg.state_dir).start()
     try:
         assert publisher.connection.wait_connected(10)
         for i in range(5):
@@ -170,7 +170,7 @@ def test_refused_events_stay_in_the_outbox(tmp_path, start_mosquitto):
     # id): MQTT 5 PUBACKs say "not authorized"; nothing is deleted, it is counted.
     broker = start_mosquitto(users={"cam-1": "d", "cam-2": "d"}, acl=FLEET_ACL)
     cfg = device_config(broker, tmp_path, username="cam-2", password="d")
-    publisher = Publisher.from_config(cfg).start()
+    publisher = Publisher.from_sections(cfg.mqtt, cfg.device, cfg.state_dir).start()
     try:
         assert publisher.connection.wait_connected(10)
         for i in range(20):

@@ -217,8 +217,10 @@ def test_the_loop_runs_while_the_secondary_engine_is_prepared(tmp_path):
         }
     )
     events = []
-    runtime = build_runtime(config, type("S", (), {"emit": events.append, "close": lambda s: 0})(),
-                            make_runner=make_runner, pace=False)  # fmt: skip
+    sink = type("S", (), {"emit": events.append, "close": lambda s: 0})()
+    runtime = build_runtime(
+        config.camera, config.models, config.pipeline, sink, make_runner=make_runner, pace=False
+    )
     stop = threading.Event()
     done = []
     thread = threading.Thread(target=lambda: done.append(runtime.run(stop, max_frames=400)))
@@ -290,7 +292,7 @@ def test_both_event_kinds_share_the_events_topic_and_one_sequence(mosquitto, tmp
         }
     )
     sub = Subscriber(mosquitto.host, mosquitto.port, "emotion/lobby/cam-1/events")
-    service = MqttService(config).start()
+    service = MqttService(config.mqtt, config.device, config.state_dir).start()
     try:
         assert service.publisher.connection.wait_connected(10)
         service.sink.emit(synthetic_event(0))
@@ -362,18 +364,22 @@ def secondary_config(manifest: Path) -> AgentConfig:
     )
 
 
+def check(config: AgentConfig, platform: PlatformInfo, root: Path):
+    return check_secondary(config.models, config.pipeline.secondary, platform, root)
+
+
 def test_doctor_refuses_so400m_on_a_nano_and_passes_it_on_a_xavier_nx(tmp_path):
     config = secondary_config(so400m_sized(tmp_path))
-    nano = check_secondary(config, NANO, fake_root(tmp_path / "nano", 4_058_000, 2_900_000))
+    nano = check(config, NANO, fake_root(tmp_path / "nano", 4_058_000, 2_900_000))
     assert nano.status == "fail"
     assert "does not fit NVIDIA Jetson Nano" in nano.message and "estimate" in nano.message
     assert "pipeline.secondary.enabled: false" in nano.hint
-    nx = check_secondary(config, XAVIER_NX, fake_root(tmp_path / "nx", 7_850_000, 5_000_000))
+    nx = check(config, XAVIER_NX, fake_root(tmp_path / "nx", 7_850_000, 5_000_000))
     assert nx.status == "ok", nx.message
-    busy = check_secondary(config, XAVIER_NX, fake_root(tmp_path / "b", 7_850_000, 600_000))
+    busy = check(config, XAVIER_NX, fake_root(tmp_path / "b", 7_850_000, 600_000))
     assert busy.status == "warn" and "available now" in busy.message
     missing = secondary_config(tmp_path / "nowhere.yaml")
-    assert check_secondary(missing, NANO, tmp_path).status == "fail"
+    assert check(missing, NANO, tmp_path).status == "fail"
 
 
 def test_the_runtime_refuses_what_the_device_cannot_hold(tmp_path):

@@ -211,7 +211,7 @@ def run_pipeline(tmp_path, secondary, frames=60, fps=10.0):
         }
     )
     sink = ListSink()
-    runtime = build_runtime(config, sink)
+    runtime = build_runtime(config.camera, config.models, config.pipeline, sink)
     worker = runtime.secondary
     if worker is not None:
         worker.start()

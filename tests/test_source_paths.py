@@ -51,7 +51,7 @@ def test_uris_with_a_scheme_are_unchanged():
 
 
 def test_an_empty_source_is_refused_in_plain_words():
-    with pytest.raises(ValueError, match=r"camera\.source is empty"):
+    with pytest.raises(ValueError, match=r"source is empty"):
         config("")
 
 

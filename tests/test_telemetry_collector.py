@@ -227,7 +227,12 @@ def test_default_sources(tmp_path):
 
     def names(config, root, socket, importer=ok_import):
         found = default_sources(
-            config, root=root, jtop_socket=socket, importer=importer, runner=lambda argv: ""
+            config.state_dir,
+            config.telemetry.use_jtop,
+            root=root,
+            jtop_socket=socket,
+            importer=importer,
+            runner=lambda argv: "",
         )
         return [s.name for s in found]
 

@@ -87,14 +87,16 @@ class Counter:
         self.client.loop_stop()
 
 
-def config(broker, state: Path) -> AgentConfig:
-    return AgentConfig.model_validate(
+def publisher_for(broker, state: Path, **conn: object) -> Publisher:
+    """A publisher of device bench/bench to ``broker``, its outbox in ``state``."""
+    config = AgentConfig.model_validate(
         {
             "device": {"id": "bench", "fleet": "bench"},
             "mqtt": {"host": broker.host, "port": broker.port},
             "state_dir": str(state),
         }
     )
+    return Publisher.from_sections(config.mqtt, config.device, config.state_dir, **conn)
 
 
 def wait_empty(publisher: Publisher, timeout: float) -> bool:
@@ -110,7 +112,7 @@ def wait_empty(publisher: Publisher, timeout: float) -> bool:
 def throughput(root: Path, n: int) -> Dict:
     broker = start_broker(root / "b1", options=OPTIONS)
     sub = Counter(broker.host, broker.port)
-    publisher = Publisher.from_config(config(broker, root / "s1")).start()
+    publisher = publisher_for(broker, root / "s1").start()
     try:
         publisher.connection.wait_connected(10)
         events = [event(i) for i in range(n)]
@@ -142,8 +144,8 @@ def throughput(root: Path, n: int) -> Dict:
 def drain(root: Path, n: int) -> Dict:
     broker = start_broker(root / "b2", options=OPTIONS)
     broker.stop()  # down: everything goes to the outbox
-    publisher = Publisher.from_config(
-        config(broker, root / "s2"), reconnect_min_s=0.05, reconnect_max_s=0.1
+    publisher = publisher_for(
+        broker, root / "s2", reconnect_min_s=0.05, reconnect_max_s=0.1
     ).start()
     try:
         for i in range(n):
@@ -175,7 +177,7 @@ def drain(root: Path, n: int) -> Dict:
 def latency(root: Path, rate: float, seconds: float) -> Dict:
     broker = start_broker(root / "b3", options=OPTIONS)
     sub = Counter(broker.host, broker.port)
-    publisher = Publisher.from_config(config(broker, root / "s3")).start()
+    publisher = publisher_for(broker, root / "s3").start()
     sent: Dict[int, float] = {}
     try:
         publisher.connection.wait_connected(10)

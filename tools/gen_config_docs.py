@@ -61,6 +61,8 @@ def _limits(info: FieldInfo) -> str:
 def _default(info: FieldInfo, path: Tuple[str, ...]) -> str:
     if info.default_factory is not None:
         return "hostname" if path == ("device", "id") else "(section)"
+    if info.is_required():
+        return "required"
     value = info.default
     if value is None:
         return "unset"
@@ -71,12 +73,39 @@ def _default(info: FieldInfo, path: Tuple[str, ...]) -> str:
     return f"{value}"
 
 
+def _optional(annotation: Any) -> bool:
+    return get_origin(annotation) is Union and type(None) in get_args(annotation)
+
+
+def _list_item_model(annotation: Any) -> Any:
+    """The section type of a (optional) list of sections, else None."""
+    if _optional(annotation):
+        inner = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = inner[0] if len(inner) == 1 else annotation
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
 def rows(model: Type[BaseModel], prefix: Tuple[str, ...] = ()) -> Iterator[List[str]]:
     for name, info in model.model_fields.items():
         path = (*prefix, name)
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from rows(annotation, path)
+            continue
+        item = _list_item_model(annotation)
+        if item is not None:  # a list of sections: the list, then the keys of one item
+            yield [
+                f"`{'.'.join(path)}`",
+                f"list of sections{' (optional)' if _optional(annotation) else ''}",
+                f"`{_default(info, path)}`",
+                _limits(info),
+                (info.description or "").replace("|", "\\|"),
+            ]
+            yield from rows(item, (*path[:-1], path[-1] + "[]"))
             continue
         yield [
             f"`{'.'.join(path)}`",

@@ -37,7 +37,11 @@ class FrameRing:
         slots: int = 3,
         lossless: bool = False,
         allocate: Callable[[Tuple[int, ...], np.dtype], np.ndarray] = np.empty,
+        on_ready: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_ready``: called (on the writer's thread) when a frame is published or the
+        ring closes: a reader of several rings waits on one signal (agent/realtime/multi.py)."""
+        self._on_ready = on_ready
         if slots < 3:
             raise ValueError("a frame ring needs at least 3 slots")
         self._slots = slots
@@ -85,6 +89,7 @@ class FrameRing:
             self._ready = frame
             self.published += 1
             self._cond.notify_all()
+        self._on_ready()
 
     def give_back(self, slot: int) -> None:
         """Return a slot the writer took but did not publish (read failed)."""
@@ -124,3 +129,4 @@ class FrameRing:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._on_ready()

@@ -314,7 +314,10 @@ def open_source(
     query: Dict[str, List[str]] = parse_qs(parts.query)
     if parts.scheme == "synthetic":
         speed = float(query.get("speed", ["4"])[0])
-        return SyntheticSource(width, height, fps, pace, clock, sleep, speed)
+        synthetic = SyntheticSource(width, height, fps, pace, clock, sleep, speed)
+        if parts.netloc:  # a name that tells synthetic cameras apart (synthetic://a)
+            synthetic.uri = uri
+        return synthetic
     if parts.scheme == "file":
         return FileSource(Path(parts.path), loop, fps, pace, clock, sleep)
     if parts.scheme in ("csi", "v4l2", "rtsp", "rtsps"):

@@ -51,6 +51,7 @@ class CaptureThread(threading.Thread):
         self._clock = clock
         self._heartbeat = heartbeat
         self._halt = threading.Event()
+        self._reopen = threading.Event()
         self.frames = 0
         self.failures = 0
         self.state = CaptureState("opening")
@@ -74,6 +75,13 @@ class CaptureThread(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.ring.close()
+
+    def reopen(self) -> None:
+        """Close the source after the frame being read and open it again (a remote
+        ``restart-camera``), through the retry path: ``retrying`` with the reason, then
+        ``opening`` after the first backoff delay. A read that hangs in the driver is
+        not interrupted: the camera reopens when it returns."""
+        self._reopen.set()
 
     def run(self) -> None:
         try:
@@ -99,6 +107,10 @@ class CaptureThread(threading.Thread):
                     self.ring.publish(slot, self.frames, self._clock())
                     self.frames += 1
                     self._heartbeat()
+                    if self._reopen.is_set():
+                        self._reopen.clear()
+                        self.backoff.reset()
+                        raise SourceError("restarted by a command")
             except RingClosed:
                 break
             except SourceEnded:

@@ -59,6 +59,20 @@ def add_parser(
         choices=["auto", "tensorrt", "onnxruntime"],
         help="inference backend (default: models.backend of the config)",
     )
+    parser.add_argument(
+        "--cameras",
+        metavar="N",
+        type=int,
+        help="N cameras in one process (copies of a synthetic or file source, one set of "
+        "engines, batched across cameras): aggregate and per-camera frames/s and latency; "
+        "--frames and --warmup are per camera",
+    )
+    parser.add_argument(
+        "--separate",
+        action="store_true",
+        help="with --cameras N: also run N single-camera bench processes at once and report "
+        "their frames/s and memory together",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--plot",
@@ -136,10 +150,23 @@ def _bench(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.backend:
         ctx.overrides.append(f"models.backend={args.backend}")
     config = ctx.load(writes=True).config
+    if args.cameras is not None:
+        from agent.cli import bench_cameras
+
+        if args.cameras < 1 or config.multi_camera:
+            print(
+                "emotion-agent bench: --cameras N takes N >= 1 and a configuration with "
+                "camera: (the source each camera copies)",
+                file=ctx.stderr,
+            )
+            return 2
+        return bench_cameras.run(args, ctx, config)
     sink = CountingSink()
     try:
         runtime = build_runtime(
-            config,
+            config.camera,
+            config.models,
+            config.pipeline,
             sink,
             lossless=True,
             pace=False,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 from agent.cli.context import CliContext
 from agent.cli.exit_codes import EXIT_FAILURE, EXIT_OK
-from agent.config import AgentConfig
+from agent.config.models import ModelsConfig, SecondaryConfig
 from agent.engine_runners import (
     engine_settings,
     prepare_configured_engines,
@@ -102,9 +102,9 @@ def add_parser(
     clean.set_defaults(handler=_clean)
 
 
-def _manifest(config: AgentConfig, ctx: CliContext) -> Optional[LoadedManifest]:
+def _manifest(models: ModelsConfig, ctx: CliContext) -> Optional[LoadedManifest]:
     try:
-        return load_manifest(config.models.manifest)
+        return load_manifest(models.manifest)
     except ManifestError as exc:
         print(f"emotion-agent: {exc}", file=ctx.stderr)
         return None
@@ -116,7 +116,7 @@ def _environment(ctx: CliContext) -> EngineEnvironment:
 
 def _build(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load(writes=True).config
-    manifest = _manifest(config, ctx)
+    manifest = _manifest(config.models, ctx)
     if manifest is None:
         return EXIT_FAILURE
     reporter = default_reporter(ctx.stderr, ctx.logger)
@@ -156,20 +156,21 @@ def _build(args: argparse.Namespace, ctx: CliContext) -> int:
     return EXIT_OK
 
 
-def _current_digests(config: AgentConfig, manifest: LoadedManifest, ctx: CliContext) -> Set[str]:
+def _current_digests(
+    models: ModelsConfig, secondary: SecondaryConfig, manifest: LoadedManifest, ctx: CliContext
+) -> Set[str]:
     """Digests of the keys every manifest model has on this device (primary and
     fallback), and the secondary stage's model when it is enabled (from its own
     manifest, with its own settings: ``clean --stale`` must not remove its engine)."""
     env = _environment(ctx)
-    groups = [(manifest, manifest.names, engine_settings(config.models))]
+    groups = [(manifest, manifest.names, engine_settings(models))]
     try:
-        own = secondary_source(config.pipeline.secondary, manifest)
+        own = secondary_source(secondary, manifest)
     except ManifestError as exc:
         ctx.logger.warning("pipeline.secondary.manifest: %s", exc)
         own = None
     if own is not None:
-        secondary = config.pipeline.secondary
-        groups.append((own, [secondary.model], secondary_settings(config.models, secondary)))
+        groups.append((own, [secondary.model], secondary_settings(models, secondary)))
     digests: Set[str] = set()
     for source, names, settings in groups:
         toolchains = Toolchains(settings, EngineCache(settings.cache_dir, env.now), env)
@@ -212,8 +213,12 @@ def _list(args: argparse.Namespace, ctx: CliContext) -> int:
     settings = engine_settings(config.models)
     cache = EngineCache(settings.cache_dir, EngineEnvironment().now)
     statuses = cache.entries()
-    manifest = _manifest(config, ctx)
-    current = _current_digests(config, manifest, ctx) if manifest and statuses else None
+    manifest = _manifest(config.models, ctx)
+    current = (
+        _current_digests(config.models, config.pipeline.secondary, manifest, ctx)
+        if manifest and statuses
+        else None
+    )
     rows = [_row(s, current) for s in statuses]
     if args.json:
         print(
@@ -281,10 +286,11 @@ def _clean(args: argparse.Namespace, ctx: CliContext) -> int:
     config = ctx.load().config
     cache = EngineCache(engine_settings(config.models).cache_dir, EngineEnvironment().now)
     if args.stale:
-        manifest = _manifest(config, ctx)
+        manifest = _manifest(config.models, ctx)
         if manifest is None:
             return EXIT_FAILURE
-        removed = cache.clean(keep=_current_digests(config, manifest, ctx))
+        keep = _current_digests(config.models, config.pipeline.secondary, manifest, ctx)
+        removed = cache.clean(keep=keep)
     else:
         removed = cache.clean()
     for name in removed:

@@ -55,7 +55,8 @@ def add_parser(
         "send",
         help="send a device a command and print its response",
         description=(
-            "Send COMMAND (ping, get-config, set-config, restart-pipeline, rebuild-engines) "
+            "Send COMMAND (ping, get-config, set-config, restart-pipeline, restart-camera, "
+            "rebuild-engines) "
             "to DEVICE (a device id in --fleet, or FLEET/DEVICE) and print the response JSON. "
             "ARGS are key=value (dotted keys nest, values are JSON or text); for set-config "
             "they are the settings: fleet send cam-7 set-config pipeline.detect_every_n=2. "

@@ -8,13 +8,14 @@ from urllib.parse import urlsplit
 
 from agent.capture.ring import Frame
 from agent.cli.context import CliContext
-from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE
+from agent.cli.exit_codes import EXIT_EVENTS_LOST, EXIT_FAILURE, EXIT_USAGE
 from agent.cli.progress import FrameProgress
 from agent.config import AgentConfig
 from agent.daemon import Daemon
 from agent.events.sinks import EventSink, JsonLinesSink, TeeSink
 from agent.mqtt.outbox import OutboxError
 from agent.mqtt.service import MqttService
+from agent.perception.factory import emotion_labels
 from agent.perception.video import OpenCVMissing, cv2_module
 from agent.preview import PreviewWriter, source_fps
 from agent.tracking.tracker import Track
@@ -78,13 +79,23 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     progress = FrameProgress(ctx.stderr, "")
     ctx.stderr = progress.clearing(ctx.stderr)
     config = ctx.load(announce=True).config
-    if urlsplit(config.camera.source).scheme == "file":
+    if config.multi_camera and args.preview:
+        print(
+            "emotion-agent run: --preview draws one camera; with cameras: it is not "
+            "available (run one camera with --set 'cameras=null' --set camera.source=...)",
+            file=ctx.stderr,
+        )
+        return EXIT_USAGE
+    if config.multi_camera:
+        progress.enabled = False  # several cameras: events are the output
+    elif urlsplit(config.camera.source).scheme == "file":
         progress.what = Path(urlsplit(config.camera.source).path).name
         progress.total = _file_frames(config.camera.source, config.camera.loop)
         if args.max_frames is not None:
             progress.total = min(progress.total or args.max_frames, args.max_frames)
     else:
         progress.enabled = False  # a camera runs until stopped: events are the output
+    labels = emotion_labels(config.models)  # the events' vocabulary (None: unreadable)
     jsonl: Optional[JsonLinesSink] = None
     if args.events == "-" or (args.no_mqtt and not args.events):
         jsonl = JsonLinesSink(stream=progress.clearing(ctx.stdout))
@@ -93,7 +104,16 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
     mqtt: Optional[MqttService] = None
     if not args.no_mqtt:
         try:
-            mqtt = MqttService(config, rebuild=rebuild_engines, logger=ctx.logger)
+            mqtt = MqttService(
+                config.mqtt,
+                config.device,
+                config.state_dir,
+                labels=labels,
+                fine_emotions=config.pipeline.secondary.enabled,
+                cameras=[c.id for c in config.camera_entries()] if config.multi_camera else (),
+                rebuild=rebuild_engines,
+                logger=ctx.logger,
+            )
         except OutboxError as exc:
             print(
                 f"emotion-agent run: {exc}\n  the agent needs a writable state_dir "
@@ -108,7 +128,7 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         preview = PreviewWriter(
             args.preview,
             source_fps(config.camera.source, config.camera.fps),
-            labels=emotion_labels(config),
+            labels=labels or [],
         )
 
     def on_frame(frame: Frame, tracks: List[Track]) -> None:
@@ -142,7 +162,9 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     ctx.logger.info(
         "running: camera %s, models %s / %s / %s",
-        config.camera.source,
+        ", ".join(f"{c.id} {c.source}" for c in config.camera_entries())
+        if config.multi_camera
+        else config.camera.source,
         config.models.detector,
         config.models.landmarks,
         config.models.emotion,
@@ -182,16 +204,6 @@ def _run(args: argparse.Namespace, ctx: CliContext) -> int:
             )
             return EXIT_EVENTS_LOST
     return code
-
-
-def emotion_labels(config: AgentConfig) -> List[str]:
-    """The emotion model's labels, in its output order, as its manifest names them."""
-    from agent.perception.factory import manifest_for
-
-    try:
-        return list(manifest_for(config.models).resolve(config.models.emotion).entry.labels or [])
-    except (ManifestError, KeyError, ValueError):
-        return []  # the run itself reports a bad manifest or model name
 
 
 def rebuild_engines(config: AgentConfig) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -21,6 +21,7 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -122,7 +123,7 @@ class CameraConfig(Section):
         scheme = parts.scheme.lower()
         if not value.strip():
             raise ValueError(
-                "camera.source is empty; use one of "
+                "source is empty; use one of "
                 + ", ".join(s + "://" for s in CAMERA_SCHEMES)
                 + " or a file path"
             )
@@ -156,6 +157,65 @@ class CameraConfig(Section):
         if self.reconnect_max_s < self.reconnect_initial_s:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         return self
+
+
+#: The one-camera form's camera id (``camera:``): its events carry no camera id.
+SINGLE_CAMERA_ID = "camera"
+
+
+class CameraOverrides(Section):
+    """Per-camera values of pipeline thresholds (``cameras[].pipeline``); unset: the
+    ``pipeline:`` section's."""
+
+    detect_every_n: Optional[int] = Field(
+        None, ge=1, le=30, description="pipeline.detect_every_n for this camera."
+    )
+    detection_threshold: Optional[float] = Field(
+        None, ge=0, le=1, description="pipeline.detection_threshold for this camera."
+    )
+    nms_iou: Optional[float] = Field(
+        None, ge=0, le=1, description="pipeline.nms_iou for this camera."
+    )
+    min_face_px: Optional[int] = Field(
+        None, ge=8, le=4096, description="pipeline.min_face_px for this camera."
+    )
+    max_faces: Optional[int] = Field(
+        None, ge=1, le=64, description="pipeline.max_faces for this camera."
+    )
+    emotion_min_confidence: Optional[float] = Field(
+        None, ge=0, le=1, description="pipeline.emotion_min_confidence for this camera."
+    )
+    smoothing_alpha: Optional[float] = Field(
+        None, gt=0, le=1, description="pipeline.smoothing_alpha for this camera."
+    )
+    track_iou: Optional[float] = Field(
+        None, ge=0, le=1, description="pipeline.track_iou for this camera."
+    )
+    track_timeout_s: Optional[float] = Field(
+        None, gt=0, le=60, description="pipeline.track_timeout_s for this camera."
+    )
+    summary_interval_s: Optional[float] = Field(
+        None, ge=0, le=86400, description="pipeline.summary_interval_s for this camera."
+    )
+
+
+class CameraEntry(CameraConfig):
+    """One camera of ``cameras:``: a ``camera:`` section with an id, a switch, a share of
+    the device when it is saturated, and its own pipeline thresholds."""
+
+    id: str = Field(
+        pattern=TOPIC_SAFE,
+        description="Camera id, unique on this device; events and telemetry carry it.",
+    )
+    enabled: bool = Field(True, description="false: configured but not opened.")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        le=100,
+        description="Share of the device when cameras ask for more frames than it can serve "
+        "(2 gets twice the frames of 1).",
+    )
+    pipeline: CameraOverrides = Field(default_factory=CameraOverrides)
 
 
 class ModelsConfig(Section):
@@ -469,6 +529,11 @@ class MQTTConfig(Section):
             raise ValueError("reconnect_max_s must be >= reconnect_min_s")
         return self
 
+    def client_id_for(self, device_id: str) -> str:
+        """The client id in use for device ``device_id``: ``client_id``, or
+        emotion-agent-<device id> when it is unset."""
+        return self.client_id or f"emotion-agent-{device_id}"
+
 
 class TelemetryConfig(Section):
     """Periodic health and performance telemetry."""
@@ -501,6 +566,14 @@ class AgentConfig(Section):
 
     device: DeviceConfig = Field(default_factory=DeviceConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
+    cameras: Optional[List[CameraEntry]] = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Several cameras on this device (a list of camera sections, each with id, "
+        "enabled, weight and pipeline overrides); replaces camera:, which is the one-camera "
+        "form. Give one or the other.",
+    )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     mqtt: MQTTConfig = Field(default_factory=MQTTConfig)
@@ -511,9 +584,68 @@ class AgentConfig(Section):
         description="Persistent state: event outbox, sequence numbers.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_camera_form(cls, data: Any) -> Any:
+        both = isinstance(data, dict) and data.get("camera") is not None
+        if both and data.get("cameras") is not None:
+            raise ValueError(
+                "give camera: (one camera) or cameras: (a list), not both; "
+                'docs/configuration.md, "Several cameras"'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _cameras_distinct(self) -> "AgentConfig":
+        if self.cameras is None:
+            return self
+        ids: Dict[str, int] = {}
+        sources: Dict[str, int] = {}
+        for k, cam in enumerate(self.cameras):
+            if cam.id in ids:
+                raise ValueError(
+                    f"cameras: id {cam.id!r} is used twice (cameras {ids[cam.id]} and {k})"
+                )
+            ids[cam.id] = k
+            if cam.source in sources:
+                raise ValueError(
+                    f"cameras: source {cam.source!r} is used twice (cameras {sources[cam.source]} "
+                    f"and {k}); synthetic cameras are told apart by a name: synthetic://a, "
+                    "synthetic://b"
+                )
+            sources[cam.source] = k
+        if not any(cam.enabled for cam in self.cameras):
+            raise ValueError("cameras: no camera is enabled")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_one_form(self, handler: Any) -> Any:
+        """Only the form in use is written out (``camera`` or ``cameras``), so that a
+        dump validates again and a one-camera configuration dumps as it always did."""
+        data = handler(self)
+        if isinstance(data, dict):
+            data.pop("camera" if self.cameras is not None else "cameras", None)
+        return data
+
+    @property
+    def multi_camera(self) -> bool:
+        """The ``cameras:`` form (events and telemetry carry camera ids), even with one."""
+        return self.cameras is not None
+
+    def camera_entries(self) -> List[CameraEntry]:
+        """The enabled cameras; the one-camera form as one entry (id ``camera``)."""
+        if self.cameras is None:
+            return [CameraEntry(id=SINGLE_CAMERA_ID, **self.camera.model_dump())]
+        return [cam for cam in self.cameras if cam.enabled]
+
+    def camera_pipeline(self, camera: CameraEntry) -> PipelineConfig:
+        """``pipeline:`` with ``camera``'s overrides applied."""
+        changes = {k: v for k, v in camera.pipeline.model_dump().items() if v is not None}
+        return self.pipeline.model_copy(update=changes) if changes else self.pipeline
+
     def effective_client_id(self) -> str:
         """The MQTT client id in use: the configured one or emotion-agent-<device id>."""
-        return self.mqtt.client_id or f"emotion-agent-{self.device.id}"
+        return self.mqtt.client_id_for(self.device.id)
 
     def masked(self) -> Dict[str, Any]:
         """The configuration as plain data with every secret replaced by '**********'."""

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from agent.config import AgentConfig, ConfigError, LoadedConfig
+from agent.config.models import CameraConfig
 from agent.doctor import modelfiles, network, outbox, secondary, system
 from agent.doctor.report import CheckResult, DoctorReport, fail, warn
-from agent.platform import detect_platform
+from agent.platform import PlatformInfo, detect_platform
 from agent.telemetry.collector import default_sources, merge_device, utc_now
 from agent.telemetry.jtop import JTOP_SOCKET
 from agent.telemetry.models import DeviceTelemetry
@@ -53,10 +54,16 @@ def _guarded(name: str, check: Callable[[], CheckResult], log: logging.Logger) -
         return fail(name, f"the check itself failed: {type(exc).__name__}: {exc}")
 
 
-def device_health(config: AgentConfig, env: DoctorEnv) -> Optional[DeviceTelemetry]:
-    """One telemetry reading of the device, as the daemon would publish it."""
+def device_health(state_dir: Path, use_jtop: bool, env: DoctorEnv) -> Optional[DeviceTelemetry]:
+    """One telemetry reading of the device, as the daemon would publish it (``state_dir``
+    and ``telemetry.use_jtop`` as configured)."""
     sources = default_sources(
-        config, root=env.root, jtop_socket=env.jtop_socket, importer=env.importer, logger=env.logger
+        state_dir,
+        use_jtop,
+        root=env.root,
+        jtop_socket=env.jtop_socket,
+        importer=env.importer,
+        logger=env.logger,
     )
     try:
         merge_device(sources)  # first sample: CPU counters
@@ -65,6 +72,23 @@ def device_health(config: AgentConfig, env: DoctorEnv) -> Optional[DeviceTelemet
     finally:
         for source in sources:
             source.close()
+
+
+def camera_checks(cfg: AgentConfig, platform: PlatformInfo, env: DoctorEnv) -> List[CheckResult]:
+    """The camera check: of ``camera:``, or of each enabled camera of ``cameras:``
+    (named ``camera:<id>``)."""
+
+    def check(camera: CameraConfig) -> CheckResult:
+        return network.check_camera(camera, platform, env.root, env.argus_socket, env.timeout_s)
+
+    if not cfg.multi_camera:
+        return [_guarded("camera", lambda: check(cfg.camera), env.logger)]
+    results = []
+    for cam in cfg.camera_entries():
+        name = f"camera:{cam.id}"
+        result = _guarded(name, lambda cam=cam: check(cam), env.logger)  # type: ignore[misc]
+        results.append(result.model_copy(update={"name": name}))
+    return results
 
 
 def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None) -> DoctorReport:
@@ -118,20 +142,16 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
                 [
                     _guarded(
                         "secondary",
-                        lambda: secondary.check_secondary(cfg, platform, env.root),
+                        lambda: secondary.check_secondary(
+                            cfg.models, cfg.pipeline.secondary, platform, env.root
+                        ),
                         log,
                     )
                 ]
                 if cfg.pipeline.secondary.enabled
                 else []
             ),
-            _guarded(
-                "camera",
-                lambda: network.check_camera(
-                    cfg.camera, platform, env.root, env.argus_socket, env.timeout_s
-                ),
-                log,
-            ),
+            *camera_checks(cfg, platform, env),
             _guarded(
                 "broker",
                 lambda: network.check_broker(
@@ -140,11 +160,17 @@ def run_doctor(load: Callable[[], LoadedConfig], env: Optional[DoctorEnv] = None
                 log,
             ),
         ]
-    checks.sort(key=lambda c: CHECK_ORDER.index(c.name) if c.name in CHECK_ORDER else 99)
+
+    def rank(check: CheckResult) -> int:
+        kind = check.name.split(":")[0]  # camera:door is a camera check
+        return CHECK_ORDER.index(kind) if kind in CHECK_ORDER else 99
+
+    checks.sort(key=rank)  # stable: cameras stay in their configured order
     telemetry = None
     if env.telemetry:
         try:
-            telemetry = device_health(config or AgentConfig(), env)
+            read = config or AgentConfig()  # the defaults when the file is invalid
+            telemetry = device_health(read.state_dir, read.telemetry.use_jtop, env)
         except Exception:
             log.debug("device health reading failed", exc_info=True)
     return DoctorReport.of(checks, telemetry)

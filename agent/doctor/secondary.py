@@ -10,7 +10,7 @@ available right now; ``ok`` with the figures otherwise.
 from pathlib import Path
 from typing import Optional, Tuple
 
-from agent.config.models import AgentConfig
+from agent.config.models import ModelsConfig, SecondaryConfig
 from agent.doctor.report import CheckResult, fail, ok, warn
 from agent.platform import PlatformInfo
 from agent.telemetry.procfs import read_meminfo
@@ -30,32 +30,35 @@ def memory_mib(root: Path) -> Tuple[Optional[float], Optional[float]]:
     return total, available
 
 
-def expected_backend(config: AgentConfig, platform: PlatformInfo) -> str:
-    backend = config.models.backend
+def expected_backend(backend: str, platform: PlatformInfo) -> str:
+    """``models.backend`` as it resolves on ``platform``."""
     if backend == "auto":
         return "tensorrt" if platform.is_jetson else "onnxruntime"
     return backend
 
 
-def check_secondary(config: AgentConfig, platform: PlatformInfo, root: Path) -> CheckResult:
-    sp = config.pipeline.secondary
+def check_secondary(
+    models: ModelsConfig, secondary: SecondaryConfig, platform: PlatformInfo, root: Path
+) -> CheckResult:
+    """``pipeline.secondary`` (its model from its own manifest, else ``models.manifest``)
+    against this device's memory, on the backend ``models.backend`` gives."""
     try:
-        manifest = load_manifest(sp.manifest or config.models.manifest)
-        model = manifest.resolve(sp.model, "secondary")
+        manifest = load_manifest(secondary.manifest or models.manifest)
+        model = manifest.resolve(secondary.model, "secondary")
         size = model.path.stat().st_size
     except (ManifestError, OSError) as exc:
         return fail(
             NAME,
-            f"cannot size the secondary model {sp.model!r}: {exc}",
+            f"cannot size the secondary model {secondary.model!r}: {exc}",
             "export it (tools/siglip2/export.py) and set pipeline.secondary.manifest "
             "(docs/models.md)",
         )
-    backend = expected_backend(config, platform)
-    need = estimate(size, backend, config.models.tensorrt_workspace_mb)
+    backend = expected_backend(models.backend, platform)
+    need = estimate(size, backend, models.tensorrt_workspace_mb)
     total, available = memory_mib(root)
     figures = (
-        f"{sp.model} ({size / 2**20:.0f} MiB file) needs about {need.run_mib:.0f} MiB to run "
-        f"and {need.build_mib:.0f} MiB to build its engine on {backend} (estimate)"
+        f"{secondary.model} ({size / 2**20:.0f} MiB file) needs about {need.run_mib:.0f} MiB "
+        f"to run and {need.build_mib:.0f} MiB to build its engine on {backend} (estimate)"
     )
     if total is None:
         return warn(NAME, f"{figures}; this device's memory could not be read")

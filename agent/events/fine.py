@@ -45,6 +45,9 @@ class FineEmotionsEvent(BaseModel):
     )
     inference_ms: float = Field(ge=0, description="Time the model took on this crop.")
     latency_ms: float = Field(ge=0, description="From the frame's capture to this event.")
+    camera: Optional[str] = Field(
+        None, description="The camera's id with cameras:; absent with camera: (one camera)."
+    )
 
 
 AnyEvent = Union[EmotionEvent, FineEmotionsEvent]

@@ -53,3 +53,8 @@ class EmotionEvent(BaseModel):
         description="From frame capture to this event; null for end (it ends because time "
         "passed or the agent stopped, not because of a frame).",
     )
+    camera: Optional[str] = Field(
+        None,
+        description="The camera's id (cameras[].id) on a device configured with cameras:; "
+        "absent with camera: (one camera). Track ids are per camera.",
+    )

@@ -26,7 +26,6 @@ then acknowledges the batch.
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections import deque
@@ -146,18 +145,7 @@ class Recorder:
         )
         client.suppress_exceptions = True
         client.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
-        if s.transport == "websockets":
-            client.ws_set_options(path=s.ws_path)
-        if s.tls is not None:
-            t = s.tls
-            client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if t.insecure_skip_verify:
-                client.tls_insecure_set(True)
+        s.set_transport(client)
         if s.username:
             client.username_pw_set(s.username, s.read_password())
         client.on_connect = self._on_connect

@@ -1,7 +1,9 @@
 """Watch a fleet (``fleet watch``): :class:`FleetView` turns the messages of
 ``<prefix>/<fleet>/+/{status,telemetry,events}`` into one row per device: status,
 fps, last emotion, outbox depth, last seen, and the event sequence check (missing
-and duplicate seqs, as docs/mqtt.md explains).
+and duplicate seqs, as docs/mqtt.md explains). A device with several cameras
+(telemetry ``pipeline.cameras``, events with ``event.camera``) has a line per camera
+under its row: the camera's state, fps, last emotion and dropped frames.
 """
 
 import json
@@ -12,6 +14,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from agent.mqtt.client import InboundMessage
 from agent.mqtt.topics import split_device_topic
+
+
+@dataclass
+class CameraRow:
+    """One camera of a device with several cameras."""
+
+    id: str
+    state: str = "?"
+    fps: Optional[float] = None
+    emotion: Optional[str] = None
+    dropped: Optional[int] = None  # dropped and stale frames
 
 
 @dataclass
@@ -28,6 +41,7 @@ class DeviceRow:
     last_seq: Optional[int] = None
     missing: int = 0
     duplicates: int = 0
+    cameras: Dict[str, CameraRow] = field(default_factory=dict)
     _seen: set = field(default_factory=set, repr=False)  # type: ignore[type-arg]
 
     def event(self, seq: int) -> None:
@@ -85,12 +99,24 @@ class FleetView:
                 row.fps = pipeline.get("fps")
                 outbox = payload.get("outbox") or {}
                 row.outbox = outbox.get("depth", pipeline.get("outbox_depth"))
+                for cam in pipeline.get("cameras") or []:
+                    if isinstance(cam, dict) and isinstance(cam.get("id"), str):
+                        one = row.cameras.setdefault(cam["id"], CameraRow(cam["id"]))
+                        one.state = str(cam.get("state", "?"))
+                        one.fps = cam.get("fps")
+                        one.dropped = int(cam.get("frames_dropped") or 0) + int(
+                            cam.get("frames_stale") or 0
+                        )
             elif leaf == "events":
                 event = payload.get("event") or {}
                 if event.get("type") == "fine_emotions":
                     row.fine = _top_fine(event)
                 elif event.get("label"):
                     row.emotion = str(event["label"])
+                    if isinstance(event.get("camera"), str):
+                        camera = event["camera"]
+                        one = row.cameras.setdefault(camera, CameraRow(camera))
+                        one.emotion = row.emotion
                 if isinstance(payload.get("seq"), int):
                     row.event(payload["seq"])
 
@@ -120,6 +146,22 @@ class FleetView:
                     str(r.duplicates),
                 ]
             )
+            for c in r.cameras.values():  # several cameras: a line each, under the device
+                lines.append(
+                    [
+                        "",
+                        f"  camera {c.id}",
+                        c.state,
+                        "-" if c.fps is None else f"{c.fps:.1f}",
+                        c.emotion or "-",
+                        "",
+                        "",
+                        "" if c.dropped is None else f"dropped {c.dropped}",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
         text = [
             "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines

@@ -71,8 +71,8 @@ class ConnectionSettings:
 
     @classmethod
     def from_mqtt(cls, m: MQTTConfig, client_id: str, **overrides: Any) -> "ConnectionSettings":
-        """From the ``mqtt`` section, as ``client_id`` (``AgentConfig.effective_client_id``
-        for the device itself)."""
+        """From the ``mqtt`` section, as ``client_id`` (``MQTTConfig.client_id_for`` the
+        device's id, for the device itself)."""
         tls = None
         if m.tls.enabled:
             tls = TLSSettings(
@@ -96,6 +96,22 @@ class ConnectionSettings:
         )
         values.update(overrides)
         return cls(**values)
+
+    def set_transport(self, client: mqtt.Client) -> None:
+        """The websockets path and TLS of these settings on a paho client (before it
+        connects); the device's connection and the fleet recorder's."""
+        if self.transport == "websockets":
+            client.ws_set_options(path=self.ws_path)
+        if self.tls is not None:
+            t = self.tls
+            client.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if t.insecure_skip_verify:
+                client.tls_insecure_set(True)
 
     def read_password(self) -> Optional[str]:
         if self.password is not None:
@@ -221,18 +237,7 @@ class MqttConnection:
         client.connect_timeout = s.connect_timeout_s
         client.max_inflight_messages_set(s.max_inflight)
         client.max_queued_messages_set(0)
-        if s.transport == "websockets":
-            client.ws_set_options(path=s.ws_path)
-        if s.tls is not None:
-            t = s.tls
-            client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            if t.insecure_skip_verify:
-                client.tls_insecure_set(True)
+        s.set_transport(client)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

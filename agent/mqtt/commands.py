@@ -17,6 +17,8 @@ a partial configuration merged into the running one; only the runtime settings i
 :data:`SETTABLE`, never a path, credential, broker or identity; validated with the
 same models as the file; applied live when only telemetry/logging change, else by a
 clean restart of the pipeline; not written to disk); ``restart-pipeline``;
+``restart-camera`` (``args.camera``: one camera's id, with ``cameras:``: that camera's
+source is closed and opened again, the others run on);
 ``rebuild-engines`` (stops the pipeline, rebuilds its engines with ``force``, starts
 it again; an error where no builder is wired).
 
@@ -99,7 +101,14 @@ SETTABLE = frozenset(
 #: Longest error text sent back (validation messages are about the request, and
 #: never carry file contents: no remotely settable value names a file).
 MAX_ERROR_CHARS = 300
-COMMANDS = ("ping", "get-config", "set-config", "restart-pipeline", "rebuild-engines")
+COMMANDS = (
+    "ping",
+    "get-config",
+    "set-config",
+    "restart-pipeline",
+    "restart-camera",
+    "rebuild-engines",
+)
 
 
 class AgentControl(Protocol):
@@ -307,6 +316,8 @@ class CommandDispatcher:
     def _run(self, name: str, args: Dict[str, Any]) -> Dict[str, Any]:
         if name == "set-config":
             return self._set_config(args)
+        if name == "restart-camera":
+            return self._restart_camera(args)
         if args:
             raise CommandFailed("bad_request", f"{name} takes no arguments, got {sorted(args)}")
         if name == "ping":
@@ -328,6 +339,27 @@ class CommandDispatcher:
         self._log.info("command: rebuilding the engines")
         built = self.control.restart_pipeline(self.rebuild)
         return {"rebuilt": built, "restarted": True}
+
+    def _restart_camera(self, args: Dict[str, Any]) -> Dict[str, Any]:
+        camera = args.get("camera")
+        if set(args) != {"camera"} or not isinstance(camera, str):
+            raise CommandFailed("bad_request", 'restart-camera takes {"camera": "<id>"}')
+        config = self.control.current_config()
+        if not config.multi_camera:
+            raise CommandFailed(
+                "not_available", "this device has one camera (camera:); use restart-pipeline"
+            )
+        known = [c.id for c in config.camera_entries()]
+        if camera not in known:
+            raise CommandFailed(
+                "bad_request", f"no enabled camera {camera!r}; known: {', '.join(known)}"
+            )
+        restart = getattr(self.control, "restart_camera", None)
+        if restart is None:
+            raise CommandFailed("not_available", "this agent cannot restart one camera")
+        self._log.info("command: restarting camera %s", camera)
+        restart(camera)
+        return {"camera": camera, "restarted": True}
 
     def _set_config(self, args: Dict[str, Any]) -> Dict[str, Any]:
         if set(args) != {"config"} or not isinstance(args["config"], dict):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from agent import __version__
-from agent.config import AgentConfig
+from agent.config.models import DeviceConfig, MQTTConfig
 from agent.events.fine import AnyEvent
 from agent.mqtt.client import ConnectionHooks, ConnectionSettings, MqttConnection
 from agent.mqtt.messages import (
@@ -109,26 +109,32 @@ class Publisher:
         )
 
     @classmethod
-    def from_config(
-        cls, config: AgentConfig, *, logger: Optional[logging.Logger] = None, **conn: object
+    def from_sections(
+        cls,
+        mqtt: MQTTConfig,
+        device: DeviceConfig,
+        state_dir: Path,
+        *,
+        logger: Optional[logging.Logger] = None,
+        **conn: object,
     ) -> "Publisher":
-        """The outbox in ``state_dir`` and a connection to the configured broker (not started)."""
-        m = config.mqtt
+        """From the ``mqtt`` and ``device`` sections: the outbox in ``state_dir`` and a
+        connection to the configured broker (not started); ``conn`` overrides
+        connection settings."""
+        box = mqtt.outbox
         return cls(
-            Topics(m.topic_prefix, config.device.fleet, config.device.id),
-            ConnectionSettings.from_mqtt(m, config.effective_client_id(), **conn),
+            Topics(mqtt.topic_prefix, device.fleet, device.id),
+            ConnectionSettings.from_mqtt(mqtt, mqtt.client_id_for(device.id), **conn),
             OutboxSettings(
-                config.state_dir,
-                OutboxLimits(
-                    m.outbox.max_messages, int(m.outbox.max_mib * 1024 * 1024), m.outbox.max_age_s
-                ),
-                max_pending=m.outbox.max_pending,
-                pending_policy=m.outbox.pending_policy,
+                state_dir,
+                OutboxLimits(box.max_messages, int(box.max_mib * 1024 * 1024), box.max_age_s),
+                max_pending=box.max_pending,
+                pending_policy=box.pending_policy,
             ),
-            qos=m.qos,
-            window=m.outbox.inflight,
-            site=config.device.site,
-            flush_timeout_s=m.outbox.flush_timeout_s,
+            qos=mqtt.qos,
+            window=box.inflight,
+            site=device.site,
+            flush_timeout_s=box.flush_timeout_s,
             logger=logger,
         )
 

@@ -1,11 +1,13 @@
-"""Everything MQTT for one agent, assembled from the configuration: the publisher
-(events and telemetry through the outbox, status), remote commands and, when
-enabled, Home Assistant discovery. The daemon drives it (docs/mqtt.md)."""
+"""Everything MQTT for one agent, assembled from the ``mqtt`` and ``device`` sections
+and ``state_dir``: the publisher (events and telemetry through the outbox, status),
+remote commands and, when enabled, Home Assistant discovery. The daemon drives it
+(docs/mqtt.md)."""
 
 import logging
-from typing import Any, Callable, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Tuple
 
-from agent.config import AgentConfig
+from agent.config.models import DeviceConfig, MQTTConfig
 from agent.mqtt.commands import AgentControl, CommandDispatcher, Rebuild
 from agent.mqtt.publisher import Publisher
 from agent.telemetry.models import TelemetryMessage
@@ -14,21 +16,37 @@ from agent.telemetry.models import TelemetryMessage
 class MqttService:
     def __init__(
         self,
-        config: AgentConfig,
+        mqtt: MQTTConfig,
+        device: DeviceConfig,
+        state_dir: Path,
         *,
+        labels: Optional[Sequence[str]] = None,
+        fine_emotions: bool = False,
+        cameras: Sequence[str] = (),
         rebuild: Optional[Rebuild] = None,
         logger: Optional[logging.Logger] = None,
         **connection: Any,
     ) -> None:
-        self.config = config
+        """``labels`` (the emotion vocabulary, ``perception.factory.emotion_labels``) and
+        ``fine_emotions`` (``pipeline.secondary.enabled``) are what Home Assistant
+        discovery, when ``mqtt.discovery.enabled``, announces of the pipeline; with
+        ``cameras:``, ``cameras`` (their ids) adds each camera's own sensors."""
         self.rebuild = rebuild
         self._log = logger or logging.getLogger("emotion_agent.mqtt")
-        self.publisher = Publisher.from_config(config, logger=logger, **connection)
+        self.publisher = Publisher.from_sections(
+            mqtt, device, state_dir, logger=logger, **connection
+        )
         self.commands: Optional[CommandDispatcher] = None
-        if config.mqtt.discovery.enabled:
+        if mqtt.discovery.enabled:
             from agent.mqtt.discovery import Discovery
 
-            Discovery(config, self.publisher).install()
+            Discovery(
+                self.publisher,
+                mqtt.discovery.prefix,
+                labels=labels,
+                fine_emotions=fine_emotions,
+                cameras=cameras,
+            ).install()
 
     @property
     def sink(self) -> Publisher:

@@ -9,14 +9,21 @@ the face stage. One thread at a time per instance.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from agent.perception.decoders import detector_decoder
 from agent.perception.faces import Box
 from agent.perception.preprocess import input_shape, prepare_image
-from agent.perception.runners import Runner, bound_input, buffered, image_input, named_outputs
+from agent.perception.runners import (
+    Runner,
+    batch_limit,
+    bound_input,
+    buffered,
+    image_input,
+    named_outputs,
+)
 from engines.manifest import ModelEntry
 
 
@@ -51,6 +58,8 @@ class DetectorStage:
         self.settings = settings
         self._buf = np.zeros((1, *input_shape(self._pre)), dtype=np.float32)
         self._filled: Optional[Tuple[np.ndarray, int, Tuple[int, ...]]] = None
+        #: frames one :meth:`detect_batch` call runs at once (the engine's batch)
+        self.max_batch = batch_limit(runner, entry)
 
     def detect(self, frame: np.ndarray) -> List[Box]:
         """Face boxes in frame pixels, best first, filtered by score, size and count.
@@ -76,10 +85,47 @@ class DetectorStage:
             ran = engine.run_buffer(1)
         else:
             ran = self._runner(self._buf)
-        s = self.settings
-        boxes = self._decode(
-            named_outputs(self._entry, ran), placement, (w, h), s.detection_threshold, s.nms_iou
-        )
+        return self._boxes(named_outputs(self._entry, ran), placement, (w, h), self.settings)
+
+    def detect_batch(
+        self,
+        frames: Sequence[np.ndarray],
+        settings: Optional[Sequence[PerceptionSettings]] = None,
+    ) -> List[List[Box]]:
+        """:meth:`detect` on several frames (of several cameras: any sizes) in batches of
+        up to :attr:`max_batch` engine runs; ``settings[i]``: frame i's thresholds (its
+        camera's), else the stage's. Each frame's boxes are those :meth:`detect` gives
+        for it alone, up to the engine's arithmetic on a batch (tests compare them)."""
+        chosen = list(settings) if settings is not None else [self.settings] * len(frames)
+        if len(chosen) != len(frames):
+            raise ValueError("detect_batch: one settings per frame")
+        found: List[List[Box]] = []
+        shape = self._buf.shape[1:]
+        engine = self._buffered
+        self._filled = None  # the bound buffer is written below: its bands are not clean
+        for start in range(0, len(frames), self.max_batch):
+            part = frames[start : start + self.max_batch]
+            n = len(part)
+            bound = bound_input(engine, n, shape)
+            batch = bound if bound is not None else np.zeros((n, *shape), np.float32)
+            placements = [
+                prepare_image(frame, self._pre, out=batch[i], padding_clean=False)[1]
+                for i, frame in enumerate(part)
+            ]
+            if bound is not None and engine is not None:
+                ran = engine.run_buffer(n)
+            else:
+                ran = self._runner(batch)
+            outputs = named_outputs(self._entry, ran)
+            for i, frame in enumerate(part):
+                one = {name: value[i : i + 1] for name, value in outputs.items()}
+                h, w = frame.shape[:2]
+                found.append(self._boxes(one, placements[i], (w, h), chosen[start + i]))
+        return found
+
+    def _boxes(self, outputs, placement, size: Tuple[int, int], s: PerceptionSettings) -> List[Box]:
+        """The decoded boxes of one frame, filtered by ``s``."""
+        boxes = self._decode(outputs, placement, size, s.detection_threshold, s.nms_iou)
         found: List[Box] = []
         for x1, y1, x2, y2, score in boxes:
             # the size that matters is the landmark crop's: compare in the crop box style,

@@ -16,7 +16,7 @@ from agent.perception.decoders import landmark_decoder
 from agent.perception.faceapi import face_crop_box
 from agent.perception.faces import Box, EmotionResult, PerceptionError
 from agent.perception.landmarks import normalize
-from agent.perception.preprocess import crop_staging, input_shape, prepare_crops
+from agent.perception.preprocess import Placement, crop_staging, input_shape, prepare_crops
 from agent.perception.runners import (
     Runner,
     batch_limit,
@@ -160,6 +160,68 @@ class FaceStage:
             )
         self._emotion_crops = {m: np.concatenate(parts) for m, parts in emotion_parts.items()}
         return points, np.asarray(crops, dtype=np.float64).reshape(-1, 4), kept
+
+    def landmarks_batch(
+        self, items: Sequence[Tuple[np.ndarray, Sequence[Box]]]
+    ) -> List[Tuple[np.ndarray, np.ndarray, List[int]]]:
+        """:meth:`landmarks` of several frames (several cameras) at once: the crops of
+        all their faces go through the landmark net in batches of the engine's size, not
+        frame by frame. One (points, crop boxes, kept) per frame, as :meth:`landmarks`
+        gives for it alone; :meth:`classify` then takes the faces of all frames in this
+        order (their points concatenated)."""
+        entries: List[Tuple[int, Tuple[int, int, int, int]]] = []
+        kept: List[List[int]] = [[] for _ in items]
+        for j, (frame, boxes) in enumerate(items):
+            h, w = frame.shape[:2]
+            for i, box in enumerate(boxes):
+                cx, cy, cw, ch = self.crop_box(box, w, h)
+                if cw >= 2 and ch >= 2:
+                    entries.append((j, (cx, cy, cw, ch)))
+                    kept[j].append(i)
+        points = np.empty((len(entries), 68, 2), dtype=np.float64)
+        step, shape = self._lm_step, self._lm_shape
+        if self._lm_staging is None or len(self._lm_staging) < min(step, len(entries)):
+            self._lm_staging = crop_staging(self._lm_pre, step)
+        emotion_parts: Dict[int, List[np.ndarray]] = {}
+        runner, engine = self._landmarks, self._lm_buffered
+        for start in range(0, len(entries), step):
+            chunk = entries[start : start + step]
+            n = len(chunk)
+            bound = bound_input(engine, n, shape)
+            batch = bound if bound is not None else np.empty((n, *shape), np.float32)
+            placements: List[Placement] = []
+            a = 0
+            while a < n:  # the chunk's crops, frame by frame
+                j = chunk[a][0]
+                b = a
+                while b < n and chunk[b][0] == j:
+                    b += 1
+                frame = items[j][0]
+                sub = [c for _, c in chunk[a:b]]
+                placements.extend(
+                    prepare_crops(frame, sub, self._lm_pre, batch[a:b], self._lm_staging)
+                )
+                self._stash_emotion_crops(frame, sub, batch[a:b], emotion_parts)
+                a = b
+            if bound is not None and engine is not None:
+                ran = engine.run_buffer(n)
+            else:
+                ran = runner(batch)
+            self._lm_decode(
+                named_outputs(self._lm_entry, ran),
+                [c for _, c in chunk],
+                placements,
+                points[start : start + n],
+            )
+        self._emotion_crops = {m: np.concatenate(parts) for m, parts in emotion_parts.items()}
+        out = []
+        at = 0
+        for j in range(len(items)):
+            n = len(kept[j])
+            crops = np.asarray([c for k, c in entries if k == j], dtype=np.float64).reshape(-1, 4)
+            out.append((points[at : at + n], crops, kept[j]))
+            at += n
+        return out
 
     def _stash_emotion_crops(
         self,

@@ -2,12 +2,12 @@
 and the model manifest."""
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from agent.config.models import ModelsConfig, PipelineConfig
 from agent.perception.frame import Perception, PerceptionSettings
 from agent.perception.runners import Runner
-from engines.manifest import LoadedManifest, ResolvedModel, load_manifest
+from engines.manifest import LoadedManifest, ManifestError, ResolvedModel, load_manifest
 
 # backend factory: a verified manifest model -> a runner (batch in, output out)
 RunnerFactory = Callable[[ResolvedModel], Runner]
@@ -25,6 +25,16 @@ def perception_settings(p: PipelineConfig) -> PerceptionSettings:
 def manifest_for(models: ModelsConfig) -> LoadedManifest:
     path: Optional[Path] = models.manifest
     return load_manifest(path)
+
+
+def emotion_labels(models: ModelsConfig) -> Optional[List[str]]:
+    """The labels of ``models.emotion`` (a model or a fusion), in its output order, as
+    its manifest names them: the events' vocabulary; None when the manifest or the name
+    cannot be read (the pipeline reports that when it starts)."""
+    try:
+        return manifest_for(models).emotion_labels(models.emotion)
+    except ManifestError:
+        return None
 
 
 def build_perception(

@@ -76,6 +76,22 @@ class Perception:
         """The detector stage (see :meth:`DetectorStage.detect`)."""
         return self.detector.detect(frame)
 
+    def detect_batch(
+        self,
+        frames: Sequence[np.ndarray],
+        settings: Optional[Sequence[PerceptionSettings]] = None,
+    ) -> List[List[Box]]:
+        """The detector stage on several frames at once (see
+        :meth:`DetectorStage.detect_batch`)."""
+        return self.detector.detect_batch(frames, settings)
+
+    def landmarks_batch(
+        self, items: Sequence[Tuple[np.ndarray, Sequence[Box]]]
+    ) -> List[Tuple[np.ndarray, np.ndarray, List[int]]]:
+        """The face stage's landmarks of several frames at once (see
+        :meth:`FaceStage.landmarks_batch`)."""
+        return self.faces.landmarks_batch(items)
+
     def crop_box(
         self, box: Sequence[float], frame_w: int, frame_h: int
     ) -> Tuple[int, int, int, int]:

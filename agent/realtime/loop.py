@@ -24,6 +24,7 @@ from agent.capture.ring import Frame, FrameRing
 from agent.events.fine import FineEmotion, FineEmotionsEvent
 from agent.events.models import EmotionEvent
 from agent.events.sinks import EventSink
+from agent.perception.faces import EmotionResult
 from agent.perception.frame import Box, Perception
 from agent.realtime.detect_ahead import DetectAhead
 from agent.realtime.metrics import PipelineMetrics
@@ -32,6 +33,19 @@ from agent.tracking.smoothing import EmotionSmoother
 from agent.tracking.tracker import IoUTracker, Track, TrackUpdate
 
 log = logging.getLogger("emotion_agent.realtime")
+
+
+@dataclass
+class Pending:
+    """A frame between the loop's two halves (:meth:`Loop.begin`, :meth:`Loop.complete`):
+    tracked, waiting for its landmarks and emotions (which several cameras' frames get
+    in one batch, agent/realtime/multi.py)."""
+
+    frame: Frame
+    boxes: List[Box]
+    update: TrackUpdate
+    seen: List[Track]
+    started: float  # the clock when the loop began the frame
 
 
 @dataclass(frozen=True)
@@ -56,7 +70,10 @@ class Loop:
         wall_clock: Callable[[], float] = time.time,
         on_frame: Optional[Callable[[Frame, List[Track]], None]] = None,
         heartbeat: Callable[[], None] = lambda: None,
+        camera: Optional[str] = None,
     ) -> None:
+        """``camera``: the camera id its events carry (None: one camera, no id)."""
+        self.camera = camera
         self.perception = perception
         self.tracker = tracker
         self.smoother = smoother
@@ -70,6 +87,9 @@ class Loop:
         self._heartbeat = heartbeat
         self._frames = 0
         self._last_frame_at: Optional[float] = None
+        # when this camera's crop was last taken by the secondary stage (None: never);
+        # with several cameras sharing one worker, the one served longest ago asks first
+        self.secondary_at: Optional[float] = None
 
     # -- events ------------------------------------------------------------------
 
@@ -107,6 +127,7 @@ class Loop:
             frame_index=frame_index,
             duration_s=round(max(0.0, track.last_seen - track.first_seen), 3),
             latency_ms=None if latency_ms is None else round(latency_ms, 2),
+            camera=self.camera,
             **extra,
         )
         self.sink.emit(event)
@@ -124,6 +145,34 @@ class Loop:
     def step(self, frame: Frame, detected: Optional[List[Box]] = None) -> List[Track]:
         """Process one frame; return the tracks seen in it. ``detected``: the frame's
         boxes when the detector already ran on it (one frame ahead)."""
+        pending = self.begin(frame, detected)
+        clock, m = self._clock, self.metrics
+        t3 = clock()
+        points, crops, kept = self.perception.landmarks(frame.image, pending.boxes)
+        t4 = clock()
+        m.stage("landmarks", t4, (t4 - t3) * 1000)
+        emotions = self.perception.classify(points, crops)
+        t5 = clock()
+        m.stage("emotion", t5, (t5 - t4) * 1000)
+        return self.complete(pending, points, kept, emotions)
+
+    @property
+    def frames(self) -> int:
+        """Frames begun (or counted by :meth:`skip`) since the start."""
+        return self._frames
+
+    def skip(self) -> None:
+        """Count a frame that failed before :meth:`begin` (its detection, run
+        elsewhere), so that every ``detect_every_n``th frame stays the one detected."""
+        self._frames += 1
+
+    def detection_due(self) -> bool:
+        """Whether the next frame :meth:`begin` gets is to be detected."""
+        return self._detection_due(self._frames)
+
+    def begin(self, frame: Frame, detected: Optional[List[Box]] = None) -> Pending:
+        """The first half of :meth:`step`: detection (unless ``detected`` gives its
+        boxes, or it is not due) and tracking."""
         clock, m = self._clock, self.metrics
         image, now = frame.image, frame.captured_at
         detect = detected is not None or self._detection_due(self._frames)
@@ -146,17 +195,20 @@ class Loop:
             boxes = [(*t.bbox, t.score) for t in self.tracker.tracks]
             update = TrackUpdate([(t, i) for i, t in enumerate(self.tracker.tracks)], [], [])
             update.ended.extend(self.tracker.expire(now))
-            t2 = clock()
         seen = [track for track, _ in update.matched]
+        return Pending(frame, boxes, update, seen, t0)
 
-        t3 = clock()
-        points, crops, kept = self.perception.landmarks(image, boxes)
-        t4 = clock()
-        m.stage("landmarks", t4, (t4 - t3) * 1000)
-        emotions = self.perception.classify(points, crops)
-        t5 = clock()
-        m.stage("emotion", t5, (t5 - t4) * 1000)
-
+    def complete(
+        self,
+        pending: Pending,
+        points: np.ndarray,
+        kept: List[int],
+        emotions: List[EmotionResult],
+    ) -> List[Track]:
+        """The second half of :meth:`step`, with the frame's landmarks and emotions:
+        smoothing, events, the secondary stage, the frame's metrics."""
+        clock, m = self._clock, self.metrics
+        frame, update, seen = pending.frame, pending.update, pending.seen
         by_detection: Dict[int, Track] = {i: track for track, i in update.matched}
         changes = []
         for k, det_index in enumerate(kept):
@@ -175,14 +227,14 @@ class Loop:
             self._emit("update", track, frame.index, frame.captured_at, previous_label=previous)
         for track in update.ended:
             self._end(track, frame.captured_at)
-        self._summaries(now, frame)
-        self._secondary(image, seen, frame)
+        self._summaries(frame.captured_at, frame)
+        self._secondary(frame.image, seen, frame)
 
         done = clock()
         m.frames_processed += 1
         m.faces += len(kept)
         m.frame.add(done, (done - frame.captured_at) * 1000)
-        m.process.add(done, (done - t0) * 1000)
+        m.process.add(done, (done - pending.started) * 1000)
         self._heartbeat()
         if self._on_frame is not None:
             self._on_frame(frame, seen)
@@ -212,8 +264,10 @@ class Loop:
             if made is None:
                 return
             crop, square = made
-            if worker.offer(track.id, crop, frame.captured_at, frame.index, square):
-                track.last_secondary = self._clock()
+            if worker.offer(
+                track.id, crop, frame.captured_at, frame.index, square, camera=self.camera
+            ):
+                track.last_secondary = self.secondary_at = self._clock()
 
     def _emit_fine(self, worker: SecondaryWorker, result: SecondaryResult) -> None:
         """A secondary result as a ``fine_emotions`` event (the track may have ended:
@@ -237,6 +291,8 @@ class Loop:
             bbox=[round(float(v), 1) for v in result.bbox],
             inference_ms=round(result.inference_ms, 2),
             latency_ms=round(latency_ms, 2),
+            # with several cameras the worker is shared: the result names its camera
+            camera=result.camera if result.camera is not None else self.camera,
         )
         self.sink.emit(event)
         self.metrics.events += 1

@@ -79,6 +79,7 @@ class SecondaryJob:
     captured_at: float  # monotonic capture time of the frame
     crop: np.ndarray
     bbox: Tuple[float, float, float, float]
+    camera: Optional[str] = None  # the camera's id, with several cameras
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class SecondaryResult:
     scores: Dict[str, float]  # every label, the model's order
     inference_ms: float
     bbox: Tuple[float, float, float, float]
+    camera: Optional[str] = None  # the camera whose crop it was, with several cameras
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class SecondaryWorker:
         captured_at: float = 0.0,
         frame_index: int = 0,
         bbox: Tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+        camera: Optional[str] = None,
     ) -> bool:
         """Hand a crop to the worker if it is ready, idle and the rate allows; never
         blocks. The crop is used as given (not copied): pass one the caller does not
@@ -201,7 +204,7 @@ class SecondaryWorker:
         with self._lock:
             if not self._admits(now):
                 return False
-            self._job = SecondaryJob(track_id, frame_index, captured_at, crop, bbox)
+            self._job = SecondaryJob(track_id, frame_index, captured_at, crop, bbox, camera)
             self._last_start = now
         self._wake.set()
         return True
@@ -278,7 +281,13 @@ class SecondaryWorker:
                     end = self._clock()
                     ms = (end - start) * 1000.0
                     result = SecondaryResult(
-                        job.track_id, job.frame_index, job.captured_at, scores, ms, job.bbox
+                        job.track_id,
+                        job.frame_index,
+                        job.captured_at,
+                        scores,
+                        ms,
+                        job.bbox,
+                        job.camera,
                     )
                     with self._lock:
                         self._results.append(result)

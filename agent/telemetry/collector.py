@@ -147,7 +147,8 @@ class TelemetryCollector:
 
 
 def default_sources(
-    config: AgentConfig,
+    state_dir: Path,
+    use_jtop: bool = True,
     *,
     root: Path = Path("/"),
     runner: Optional[CommandRunner] = None,
@@ -156,11 +157,12 @@ def default_sources(
     jtop_factory: Optional[Callable[[], Any]] = None,
     logger: Optional[logging.Logger] = None,
 ) -> List[DeviceSource]:
-    """jtop first (on a Jetson, when enabled and its service runs), then /sys and /proc."""
+    """jtop first (on a Jetson, with ``use_jtop``, ``telemetry.use_jtop``, and when its
+    service runs), then /sys and /proc (with the disk of ``state_dir``)."""
     log = logger or logging.getLogger("emotion_agent.telemetry")
     sources: List[DeviceSource] = []
     is_jetson = detect_platform(root).is_jetson
-    if config.telemetry.use_jtop and is_jetson:
+    if use_jtop and is_jetson:
         usable, why = jtop_available(jtop_socket, importer)
         if usable:
             factory = jtop_factory or (lambda: default_factory(1.0, importer))
@@ -169,7 +171,7 @@ def default_sources(
             log.info("telemetry reads /sys directly: %s", why)
     if runner is None and is_jetson:
         runner = run_command
-    sources.append(SysfsSource(root, config.state_dir, runner=runner, logger=log))
+    sources.append(SysfsSource(root, state_dir, runner=runner, logger=log))
     return sources
 
 

@@ -8,11 +8,12 @@ callable; ``None`` while no loop runs): telemetry never reaches into the loop. T
 same message gives systemd's one-line ``STATUS=`` (:func:`status_line`).
 """
 
-from typing import Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence
 
 from agent.realtime.metrics import MetricsSnapshot
 from agent.realtime.secondary import SecondaryStats
 from agent.telemetry.models import (
+    CameraTelemetry,
     ModelTelemetry,
     PipelineTelemetry,
     SecondaryTelemetry,
@@ -36,6 +37,7 @@ def loop_telemetry(
     tensorrt_failed: Sequence[str] = (),
     secondary_model: Optional[str] = None,
     secondary: Optional[SecondaryStats] = None,
+    cameras: Optional[List[CameraTelemetry]] = None,
 ) -> PipelineTelemetry:
     """The loop's metrics in the wire's terms (rates and latencies to 2 decimals)."""
     return PipelineTelemetry(
@@ -67,6 +69,7 @@ def loop_telemetry(
             if secondary is None or secondary_model is None
             else secondary_telemetry(secondary_model, secondary)
         ),
+        cameras=cameras,
     )
 
 
@@ -110,6 +113,9 @@ def status_line(pipeline: Optional[PipelineTelemetry]) -> str:
         text += ", " + "+".join(backends)
     if pipeline.tensorrt_failed:
         text += f", TensorRT FAILED for {len(pipeline.tensorrt_failed)} model(s)"
+    if pipeline.cameras:
+        running = sum(1 for c in pipeline.cameras if c.state == "running")
+        text += f", cameras {running}/{len(pipeline.cameras)} running"
     secondary = pipeline.secondary
     if secondary is not None and secondary.state != "ready":
         text += f", secondary {secondary.state}"

@@ -67,6 +67,32 @@ class SecondaryTelemetry(Wire):
     error: Optional[str] = Field(None, description="Why the model is not available (failed).")
 
 
+class CameraTelemetry(Wire):
+    """One camera of a device configured with ``cameras:`` (several cameras)."""
+
+    id: str = Field(description="cameras[].id")
+    state: str = Field(
+        description="Its capture state: opening, running, retrying (see detail), ended, "
+        "stopped. One camera not running while others do is a degraded device, not a stall."
+    )
+    detail: Optional[str] = Field(None, description="Why it is retrying, or its frame size.")
+    fps: Optional[float] = Field(None, ge=0, description="Its processed frames per second.")
+    latency_ms_p50: Optional[float] = Field(
+        None, ge=0, description="Capture to end of processing, median."
+    )
+    latency_ms_p95: Optional[float] = Field(None, ge=0)
+    frames_captured: int = Field(0, ge=0)
+    frames_processed: int = Field(0, ge=0)
+    frames_dropped: int = Field(
+        0, ge=0, description="Replaced by a newer frame before the loop could take it."
+    )
+    frames_stale: int = Field(
+        0, ge=0, description="Taken too late (older than 1 s) and dropped unprocessed."
+    )
+    faces: int = Field(0, ge=0, description="Faces processed, over all its frames.")
+    events_total: int = Field(0, ge=0, description="Its events since the start.")
+
+
 class PipelineTelemetry(Wire):
     """Counters and rates of the real-time loop (absent while no loop runs)."""
 
@@ -92,6 +118,11 @@ class PipelineTelemetry(Wire):
     )
     secondary: Optional[SecondaryTelemetry] = Field(
         None, description="The secondary stage, when pipeline.secondary.enabled."
+    )
+    cameras: Optional[List[CameraTelemetry]] = Field(
+        None,
+        description="Each camera, on a device configured with cameras: (absent with "
+        "camera:); the fields above are then all cameras together.",
     )
 
 

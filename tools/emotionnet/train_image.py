@@ -77,8 +77,12 @@ GRID = (
      "power": 1.0, "dropout": 0.2},
     {"widths": (16, 32, 64, 128), "convs": (1, 1, 1, 1), "epochs": 10, "lr": 3e-3,
      "power": 1.0, "dropout": 0.3},
+    {"widths": (16, 32, 64, 128), "convs": (1, 1, 1, 1), "epochs": 20, "lr": 3e-3,
+     "power": 0.75, "dropout": 0.3},
+    {"widths": (16, 32, 64, 128), "convs": (1, 1, 1, 1), "epochs": 20, "lr": 3e-3,
+     "power": 1.0, "dropout": 0.3},
 )  # fmt: skip
-FINAL = GRID[0]
+FINAL = GRID[4]
 
 
 def make_net(cfg: dict, k: int):

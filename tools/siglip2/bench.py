@@ -166,7 +166,9 @@ def loop_pass(
         }
     )
     sink = CountingSink()
-    runtime = build_runtime(config, sink, pace=fps is not None)
+    runtime = build_runtime(
+        config.camera, config.models, config.pipeline, sink, pace=fps is not None
+    )
     worker = runtime.secondary
     if worker is not None:
         worker.start()

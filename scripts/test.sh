@@ -16,6 +16,14 @@
 #    the tools venv build/ansible/tools-venv (ansible/requirements.txt);
 # 4. runs pytest again on Python 3.8 (JetPack 5's Python) when a python3.8 is
 #    found (PATH or pyenv). EA_TEST_PY38=off skips it, =required demands it.
+# 5. the arm64 target (tests/ansible/test_rollout_arm64.py: Debian bullseye arm64
+#    under qemu-user-static), overlapped with the rest: its root file system is
+#    debootstrapped in the background from the start (log: build/ansible/logs/),
+#    and its test runs as a pytest invocation of its own next to the Python 3.8
+#    pass (log printed after it). A failure of either fails this script.
+#    EA_ANSIBLE_ARM64: unset runs it when the Ansible tests run (root,
+#    EA_ANSIBLE_TESTS not off) and no pytest arguments are given; =1 runs it
+#    always (a missing piece is a failure); =0 skips it.
 #
 # Exits non-zero on the first failure. CI (.ci/run) calls exactly this script.
 set -euo pipefail
@@ -25,7 +33,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 APT_PACKAGES=(mosquitto systemd libsystemd-dev pkg-config python3-venv python3-dev gcc
     systemd-container debootstrap openssh-client iproute2 util-linux
-    postgresql chromium)
+    postgresql chromium qemu-user-static binfmt-support)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -38,6 +46,112 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
 fi
+
+# -- the arm64 target, in the background ------------------------------------------------
+# Its root file system (debootstrap --arch=arm64 with a qemu second stage: minutes of
+# one core) is built while the rest runs; its test runs next to the Python 3.8 pass.
+# Everything started here is stopped on exit (trap): the build's process group, the
+# test's pytest (SIGINT first, so that its fixtures stop the container and delete
+# the network namespace), leftover mounts, and binfmt_misc if this script mounted it.
+ARM64_MODE="${EA_ANSIBLE_ARM64:-auto}"
+if [ "$ARM64_MODE" = auto ]; then
+    if [ "$(id -u)" -eq 0 ] && [ "${EA_ANSIBLE_TESTS:-}" != off ] && [ $# -eq 0 ]; then
+        ARM64_MODE=1
+    else
+        ARM64_MODE=0
+    fi
+fi
+ARM64_LOGS=build/ansible/logs
+ARM64_ROOTFS=build/ansible/rootfs-bullseye-arm64.tar
+ARM64_BUILD_PID="" ARM64_TEST_PID="" BINFMT_MOUNTED=""
+
+arm64_cleanup() {
+    local rc=$?
+    if [ -n "$ARM64_TEST_PID" ] && kill -0 "$ARM64_TEST_PID" 2>/dev/null; then
+        echo "stopping the arm64 test (pid $ARM64_TEST_PID)" >&2
+        kill -INT "$ARM64_TEST_PID" 2>/dev/null || true
+        for _ in $(seq 120); do kill -0 "$ARM64_TEST_PID" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$ARM64_TEST_PID" 2>/dev/null || true
+        ip netns list 2>/dev/null | awk '{print $1}' | grep "^ea-ans-$ARM64_TEST_PID-" \
+            | xargs -r -n1 ip netns del 2>/dev/null || true
+    fi
+    if [ -n "$ARM64_BUILD_PID" ] && kill -0 "$ARM64_BUILD_PID" 2>/dev/null; then
+        echo "stopping the arm64 root file system build (pid $ARM64_BUILD_PID)" >&2
+        kill -TERM -- "-$ARM64_BUILD_PID" 2>/dev/null || true
+        for _ in $(seq 20); do kill -0 "$ARM64_BUILD_PID" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$ARM64_BUILD_PID" 2>/dev/null || true
+        wait "$ARM64_BUILD_PID" 2>/dev/null || true
+        findmnt -rn -o TARGET | grep -F "$PWD/build/ansible/.rootfs-" | sort -r \
+            | xargs -r umount -l 2>/dev/null || true
+        rm -rf --one-file-system build/ansible/.rootfs-* 2>/dev/null || true
+    fi
+    if [ -n "$BINFMT_MOUNTED" ]; then
+        umount /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    fi
+    return "$rc"
+}
+
+if [ "$ARM64_MODE" = 1 ]; then
+    trap arm64_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    mkdir -p "$ARM64_LOGS"
+    if [ "$(id -u)" -eq 0 ]; then  # (not root: the test module says what is missing)
+        if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+            mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc
+            BINFMT_MOUNTED=1
+        fi
+        update-binfmts --enable qemu-aarch64 2>/dev/null || true
+        if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+            echo "EA_ANSIBLE_ARM64: qemu-aarch64 could not be registered in binfmt_misc" >&2
+            exit 1
+        fi
+        say "arm64 root file system: building in the background ($ARM64_LOGS/rootfs-arm64.log)"
+        # setsid: a process group of its own (debootstrap and its chroots), stopped as one.
+        setsid bash -c 'start=$(date +%s)
+            tests/ansible/make-rootfs.sh bullseye arm64 "$1" && rc=0 || rc=$?
+            echo "make-rootfs.sh exited $rc after $(($(date +%s) - start)) s"
+            exit "$rc"' make-rootfs "$ARM64_ROOTFS" \
+            </dev/null >"$ARM64_LOGS/rootfs-arm64.log" 2>&1 &
+        ARM64_BUILD_PID=$!
+    fi
+fi
+
+arm64_test_start() {  # after the Python 3.11 pass: wait for the root file system, start the test
+    [ "$ARM64_MODE" = 1 ] || return 0
+    if [ -n "$ARM64_BUILD_PID" ]; then
+        say "arm64 root file system: waiting for the background build"
+        local rc=0
+        wait "$ARM64_BUILD_PID" || rc=$?
+        ARM64_BUILD_PID=""
+        if [ "$rc" -ne 0 ]; then
+            echo "FAILED: the arm64 root file system build (tests/ansible/make-rootfs.sh" \
+                "bullseye arm64) exited $rc; the last 40 lines of $ARM64_LOGS/rootfs-arm64.log:" >&2
+            tail -n 40 "$ARM64_LOGS/rootfs-arm64.log" >&2
+            exit 1
+        fi
+        sed 's/^/[arm64 rootfs] /' "$ARM64_LOGS/rootfs-arm64.log"
+    fi
+    say "arm64 target: pytest tests/ansible/test_rollout_arm64.py in the background ($ARM64_LOGS/test-arm64.log)"
+    ARM64_TEST_STARTED=$(date +%s)
+    EA_ANSIBLE_ARM64=1 setsid "$VENV/bin/python" -m pytest -p no:cacheprovider --durations=5 \
+        tests/ansible/test_rollout_arm64.py </dev/null >"$ARM64_LOGS/test-arm64.log" 2>&1 &
+    ARM64_TEST_PID=$!
+}
+
+arm64_test_wait() {  # the arm64 test's result; its log printed, prefixed
+    [ "$ARM64_MODE" = 1 ] || return 0
+    local rc=0
+    wait "$ARM64_TEST_PID" || rc=$?
+    ARM64_TEST_PID=""
+    # (waited for after the Python 3.8 pass: pytest's own summary line has its duration)
+    say "arm64 target: pytest exited $rc; waited $(($(date +%s) - ARM64_TEST_STARTED)) s since its start ($ARM64_LOGS/test-arm64.log)"
+    sed 's/^/[arm64] /' "$ARM64_LOGS/test-arm64.log"
+    if [ "$rc" -ne 0 ]; then
+        echo "FAILED: the arm64 target's test (tests/ansible/test_rollout_arm64.py), log above" >&2
+        return 1
+    fi
+}
 
 make_venv() {  # make_venv PYTHON DIR
     local python="$1" dir="$2"
@@ -121,8 +235,14 @@ say "ansible-lint --profile production, ansible-playbook --syntax-check"
 if [ "$(id -u)" -eq 0 ]; then
     export EA_ANSIBLE_TESTS="${EA_ANSIBLE_TESTS:-required}"
 fi
+# With the arm64 target on, its module runs in an invocation of its own (below).
+ARM64_IGNORE=()
+[ "$ARM64_MODE" = 1 ] && ARM64_IGNORE=(--ignore=tests/ansible/test_rollout_arm64.py)
 say "pytest on $("$VENV/bin/python" --version)"
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest "${ARM64_IGNORE[@]}" "$@"
+
+arm64_test_start
+PY38_RC=0
 
 PY38_MODE="${EA_TEST_PY38:-auto}"
 if [ "$PY38_MODE" != off ]; then
@@ -133,12 +253,20 @@ if [ "$PY38_MODE" != off ]; then
     if [ -n "$PY38" ]; then
         make_venv "$PY38" "${VENV}-py38"
         say "pytest on $("${VENV}-py38/bin/python" --version) (the Ansible tests ran above)"
-        EA_ANSIBLE_TESTS=off "${VENV}-py38/bin/python" -m pytest "$@"
+        # A failure here is reported after the arm64 test running next to it has finished.
+        EA_ANSIBLE_TESTS=off "${VENV}-py38/bin/python" -m pytest "${ARM64_IGNORE[@]}" "$@" \
+            || PY38_RC=$?
     elif [ "$PY38_MODE" = required ]; then
         echo "EA_TEST_PY38=required but no python3.8 was found" >&2
-        exit 1
+        PY38_RC=1
     else
         say "no python3.8 found: Python 3.8 compatibility checked by ruff and vermin only"
     fi
 fi
+ARM64_RC=0
+arm64_test_wait || ARM64_RC=$?
+if [ "$PY38_RC" -ne 0 ]; then
+    echo "FAILED: the Python 3.8 pass (exit $PY38_RC)" >&2
+fi
+[ "$PY38_RC" -eq 0 ] && [ "$ARM64_RC" -eq 0 ] || exit 1
 say "all checks passed"

@@ -12,8 +12,22 @@ SUITE="$1" ARCH="$2" OUT="$3"
 MIRROR="${EA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 [ -f "$OUT" ] && { echo "cached: $OUT"; exit 0; }
 PACKAGES=systemd,systemd-sysv,dbus,python3,openssh-server,iproute2,sudo,python3-apt,python3-venv,ca-certificates
+case "$ARCH" in
+    "$(dpkg --print-architecture)") ;;
+    arm64)  # debootstrap's second stage runs the target's binaries through qemu
+        [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || {
+            echo "qemu-aarch64 is not registered in binfmt_misc: install qemu-user-static and" \
+                "binfmt-support, then: mount binfmt_misc -t binfmt_misc" \
+                "/proc/sys/fs/binfmt_misc; update-binfmts --enable qemu-aarch64" >&2
+            exit 1
+        } ;;
+esac
 WORK="$(mktemp -d "${OUT%/*}/.rootfs-XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+cleanup() {  # debootstrap mounts proc and sys in the target: never rm -rf through them
+    findmnt -rn -o TARGET | grep -F "$WORK/" | sort -r | xargs -r umount -l || true
+    rm -rf --one-file-system "$WORK"
+}
+trap cleanup EXIT
 debootstrap --variant=minbase --arch="$ARCH" --include="$PACKAGES" "$SUITE" "$WORK/root" "$MIRROR" \
     >"$WORK/debootstrap.log" 2>&1 || { tail -30 "$WORK/debootstrap.log" >&2; exit 1; }
 R="$WORK/root"

@@ -2,10 +2,15 @@
 local mosquitto, the recorder on SQLite or PostgreSQL.
 
     python tools/bench_fleet.py --devices 1000 --seconds 60 [--store postgresql] [--offline 100]
+        [--simulators K] [--recorders R]
 
 1. a mosquitto (its queues unbounded for the recorder's session, as docs/fleet.md says),
-   ``fleet record`` and ``fleet simulate`` as three processes; CPU of each from
-   /proc/<pid>/stat (percent of one core, over the simulation);
+   ``fleet record`` and ``fleet simulate`` as processes of their own; CPU of each from
+   /proc/<pid>/stat (percent of one core, over the simulation). ``--simulators K``
+   splits the devices among K simulator processes (``--offset``: each its own device
+   names), ``--recorders R`` runs R recorders in one shared subscription (each its
+   own client id): past what one Python process sends or stores, to find where the
+   broker itself stops;
 2. when the simulation ends, the time until the recorder has stored every event;
 3. from the store: events lost (every device's seqs 1..last, checked one by one), the
    recorder's lag (commit time minus the message's timestamp) p50 / p99, overall and per
@@ -94,6 +99,8 @@ def main() -> int:
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--offline", type=int, default=100)
     parser.add_argument("--catch-up", type=float, default=300.0, metavar="S")
+    parser.add_argument("--simulators", type=int, default=1, metavar="K")
+    parser.add_argument("--recorders", type=int, default=1, metavar="R")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
@@ -125,26 +132,30 @@ def main() -> int:
         f"state_dir={tmp / 'state'}",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMOTION_AGENT")}
-    rec_log = open(tmp / "recorder.log", "wb")  # noqa: SIM115
-    recorder = subprocess.Popen(
-        [
-            *common,
-            "--log-level",
-            "warning",
-            "fleet",
-            "record",
-            "--db",
-            url,
-            "--stats",
-            str(tmp / "stats.json"),
-            "--client-id",
-            "bench-recorder",
-        ],
-        cwd=str(REPO),
-        env=env,
-        stdout=rec_log,
-        stderr=subprocess.STDOUT,
-    )
+    recorders = []
+    for r in range(args.recorders):
+        log_file = open(tmp / f"recorder{r}.log", "wb")  # noqa: SIM115
+        recorders.append(
+            subprocess.Popen(
+                [
+                    *common,
+                    "--log-level",
+                    "warning",
+                    "fleet",
+                    "record",
+                    "--db",
+                    url,
+                    "--stats",
+                    str(tmp / f"stats{r}.json"),
+                    "--client-id",
+                    f"bench-recorder-{r}",
+                ],
+                cwd=str(REPO),
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        )
     store = open_store(url, time.time())
     time.sleep(3.0)  # the recorder connects and subscribes
     result: Dict[str, object] = {
@@ -155,38 +166,50 @@ def main() -> int:
         "event_rate_per_device": args.event_rate,
         "telemetry_interval_s": args.telemetry_interval,
         "seconds": args.seconds,
+        "simulators": args.simulators,
+        "recorders": args.recorders,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     try:
-        sim = subprocess.Popen(
-            [
-                *common,
-                "fleet",
-                "simulate",
-                "--devices",
-                str(args.devices),
-                "--duration",
-                str(args.seconds),
-                "--event-rate",
-                str(args.event_rate),
-                "--telemetry-interval",
-                str(args.telemetry_interval),
-                "--report",
-                str(tmp / "sim.json"),
-            ],
-            cwd=str(REPO),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        pids = {"broker": broker.process.pid, "recorder": recorder.pid, "simulator": sim.pid}
+        share = [args.devices // args.simulators] * args.simulators
+        share[-1] += args.devices - sum(share)
+        sims = []
+        for k, n in enumerate(share):
+            sims.append(
+                subprocess.Popen(
+                    [
+                        *common,
+                        "fleet",
+                        "simulate",
+                        "--devices",
+                        str(n),
+                        "--offset",
+                        str(sum(share[:k])),
+                        "--duration",
+                        str(args.seconds),
+                        "--event-rate",
+                        str(args.event_rate),
+                        "--telemetry-interval",
+                        str(args.telemetry_interval),
+                        "--report",
+                        str(tmp / f"sim{k}.json"),
+                    ],
+                    cwd=str(REPO),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        pids = {"broker": broker.process.pid}
+        pids.update({f"recorder{r}": p.pid for r, p in enumerate(recorders)})
+        pids.update({f"simulator{k}": p.pid for k, p in enumerate(sims)})
         before = {k: cpu_seconds(p) for k, p in pids.items()}
         pg_before = postgres_cpu(server) if server is not None else 0.0
         last = dict(before)
         done = threading.Event()
 
-        def sample() -> None:  # the simulator's /proc entry goes when it exits
+        def sample() -> None:  # a simulator's /proc entry goes when it exits
             while not done.wait(0.5):
                 for k, p in pids.items():
                     with contextlib.suppress(OSError, IndexError):
@@ -195,22 +218,39 @@ def main() -> int:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
-        _out, err = sim.communicate(timeout=args.seconds + 600)
+        errors = [p.communicate(timeout=args.seconds + 600)[1] for p in sims]
         elapsed = time.monotonic() - started
         done.set()
         sampler.join()
-        after = {k: cpu_seconds(p) for k, p in pids.items() if k != "simulator"}
-        after["simulator"] = last["simulator"]
-        if server is not None:  # the server's processes (postmaster, the recorder's backend...)
+        after = {k: cpu_seconds(p) for k, p in pids.items() if not k.startswith("simulator")}
+        after.update({k: v for k, v in last.items() if k.startswith("simulator")})
+        if server is not None:  # the server's processes (postmaster, the recorders' backends...)
             after["postgresql"] = postgres_cpu(server)
             before["postgresql"] = pg_before
-        if sim.returncode != 0:
-            raise SystemExit(f"simulate failed: {err[-2000:]}")
-        report = json.loads((tmp / "sim.json").read_text())
-        # the simulator's from its last /proc reading (up to 0.5 s before it ended)
+        for p, err in zip(sims, errors):
+            if p.returncode != 0:
+                raise SystemExit(f"simulate failed: {err[-2000:]}")
+        reports = [json.loads((tmp / f"sim{k}.json").read_text()) for k in range(len(sims))]
+        report = {
+            "events": sum(r["events"] for r in reports),
+            "telemetry": sum(r["telemetry"] for r in reports),
+            "connected": sum(r["connected"] for r in reports),
+            "messages_sent": sum(r["messages_sent"] for r in reports),
+            "messages_acked": sum(r["messages_acked"] for r in reports),
+            "duration_s": max(r["duration_s"] for r in reports),
+            "last_seq": {k: v for r in reports for k, v in r["last_seq"].items()},
+        }
+        # a simulator's from its last /proc reading (up to 0.5 s before it ended)
         result["cpu_percent_of_one_core"] = {
             k: round(100 * (after[k] - before[k]) / elapsed, 1) for k in after
         }
+        # the broker's cost per message (in and out), from its CPU and the traffic
+        result["broker_cpu_us_per_message_published"] = round(
+            1e6
+            * (after["broker"] - before["broker"])
+            / max(1, report["events"] + report["telemetry"]),
+            1,
+        )
         t_end = time.monotonic()
         caught_up = wait_for(
             lambda: store.counts()["events"] >= report["events"], args.catch_up, 0.5
@@ -256,11 +296,13 @@ def main() -> int:
         if args.offline:
             result["offline"] = measure_offline(broker.port, url, args.offline)
     finally:
-        recorder.terminate()
-        recorder.wait(30)
-        stats = tmp / "stats.json"
-        if stats.exists():
-            result["recorder_stats"] = json.loads(stats.read_text())
+        for recorder in recorders:
+            recorder.terminate()
+        for r, recorder in enumerate(recorders):
+            recorder.wait(30)
+            stats = tmp / f"stats{r}.json"
+            if stats.exists():
+                result[f"recorder{r}_stats"] = json.loads(stats.read_text())
         store.close()
         broker.stop()
         if server is not None:

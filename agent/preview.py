@@ -102,15 +102,19 @@ class CameraPreviews:
         self, path: Path, cameras: Sequence[Tuple[Optional[str], float]], labels: Sequence[str]
     ) -> None:
         """``cameras``: (id, frame rate) of each camera (id None: the one camera)."""
-        self.writers: Dict[Optional[str], PreviewWriter] = {
-            camera: PreviewWriter(preview_path(path, camera), fps, labels)
-            for camera, fps in cameras
-        }
+        if not cameras:
+            raise ValueError("a preview needs at least one camera")
+        self._path, self._labels = path, list(labels)
+        self._fps = {camera: fps for camera, fps in cameras}
+        self._default_fps = cameras[0][1]
+        self.writers: Dict[Optional[str], PreviewWriter] = {}
 
     def __call__(self, frame: Frame, tracks: List[Track], camera: Optional[str] = None) -> None:
         writer = self.writers.get(camera)
-        if writer is None:
-            raise KeyError(f"no preview for camera {camera!r}")
+        if writer is None:  # its first frame (a camera added by a reload: the first's rate)
+            fps = self._fps.get(camera, self._default_fps)
+            writer = PreviewWriter(preview_path(self._path, camera), fps, self._labels)
+            self.writers[camera] = writer
         writer(frame, tracks)
 
     def close(self) -> List[Tuple[Path, int]]:

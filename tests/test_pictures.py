@@ -266,3 +266,26 @@ def test_the_preview_labels_a_track_as_its_events_do() -> None:
     (a,) = track_annotations([track], labels)
     assert a.label == smoother.label(track) == "happiness"
     assert a.confidence == smoother.confidence(track) == 0.48
+
+
+def test_camera_previews_write_one_video_per_camera(tmp_path) -> None:
+    """--preview with several cameras: out-<id>.mp4 each at its camera's rate; a camera
+    that appears later (a reload added it) gets a video too; one camera keeps out.mp4."""
+    from agent.capture.ring import Frame
+    from agent.preview import CameraPreviews, preview_path
+
+    assert preview_path(tmp_path / "out.mp4", None) == tmp_path / "out.mp4"
+    assert preview_path(tmp_path / "out.mp4", "door") == tmp_path / "out-door.mp4"
+    previews = CameraPreviews(tmp_path / "out.mp4", [("door", 10.0), ("hall", 25.0)], [])
+    image = np.zeros((48, 64, 3), np.uint8)
+    for i in range(3):
+        previews(Frame(i, float(i), image, 0), [], "door")
+    previews(Frame(0, 0.0, image, 0), [], "yard")  # not configured at the start
+    written = dict(previews.close())
+    assert written == {tmp_path / "out-door.mp4": 3, tmp_path / "out-yard.mp4": 1}  # hall: none
+    cap = cv2.VideoCapture(str(tmp_path / "out-door.mp4"))
+    try:
+        assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    finally:
+        cap.release()

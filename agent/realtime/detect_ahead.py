@@ -99,5 +99,5 @@ class DetectAhead(AheadThread[Detected]):
             finally:
                 self._busy_since = None
             if not self._hand_over(item):
-                self._ring.release(frame)
+                self._release(item)
                 return

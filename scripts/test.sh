@@ -17,9 +17,9 @@
 # 4. runs pytest again on Python 3.8 (JetPack 5's Python) when a python3.8 is
 #    found (PATH or pyenv). EA_TEST_PY38=off skips it, =required demands it.
 # 5. the arm64 target (tests/ansible/test_rollout_arm64.py: Debian bullseye arm64
-#    under qemu-user-static), overlapped with the rest: its root file system is
+#    under qemu-user-static): its root file system is
 #    debootstrapped in the background from the start (log: build/ansible/logs/),
-#    and its test runs as a pytest invocation of its own next to the Python 3.8
+#    and its test runs as a pytest invocation of its own after the Python 3.8
 #    pass (log printed after it). A failure of either fails this script.
 #    EA_ANSIBLE_ARM64: unset runs it when the Ansible tests run (root,
 #    EA_ANSIBLE_TESTS not off) and no pytest arguments are given; =1 runs it
@@ -49,7 +49,7 @@ fi
 
 # -- the arm64 target, in the background ------------------------------------------------
 # Its root file system (debootstrap --arch=arm64 with a qemu second stage: minutes of
-# one core) is built while the rest runs; its test runs next to the Python 3.8 pass.
+# one core) is built while the rest runs; its test runs after the Python 3.8 pass.
 # Everything started here is stopped on exit (trap): the build's process group, the
 # test's pytest (SIGINT first, so that its fixtures stop the container and delete
 # the network namespace), leftover mounts, and binfmt_misc if this script mounted it.
@@ -117,7 +117,7 @@ if [ "$ARM64_MODE" = 1 ]; then
     fi
 fi
 
-arm64_test_start() {  # after the Python 3.11 pass: wait for the root file system, start the test
+arm64_test_start() {  # after the Python passes: wait for the root file system, start the test
     [ "$ARM64_MODE" = 1 ] || return 0
     if [ -n "$ARM64_BUILD_PID" ]; then
         say "arm64 root file system: waiting for the background build"
@@ -241,7 +241,6 @@ ARM64_IGNORE=()
 say "pytest on $("$VENV/bin/python" --version)"
 "$VENV/bin/python" -m pytest "${ARM64_IGNORE[@]}" "$@"
 
-arm64_test_start
 PY38_RC=0
 
 PY38_MODE="${EA_TEST_PY38:-auto}"
@@ -253,7 +252,7 @@ if [ "$PY38_MODE" != off ]; then
     if [ -n "$PY38" ]; then
         make_venv "$PY38" "${VENV}-py38"
         say "pytest on $("${VENV}-py38/bin/python" --version) (the Ansible tests ran above)"
-        # A failure here is reported after the arm64 test running next to it has finished.
+        # A failure here is reported after the arm64 test has run too.
         EA_ANSIBLE_TESTS=off "${VENV}-py38/bin/python" -m pytest "${ARM64_IGNORE[@]}" "$@" \
             || PY38_RC=$?
     elif [ "$PY38_MODE" = required ]; then
@@ -263,7 +262,11 @@ if [ "$PY38_MODE" != off ]; then
         say "no python3.8 found: Python 3.8 compatibility checked by ruff and vermin only"
     fi
 fi
+# The arm64 test runs after the Python 3.8 pass, not next to it: in one of three runs
+# with both at once the Python 3.8 pytest was aborted (SIGABRT, no traceback) at the
+# moment the emulated container stopped; the cause was not found, so they do not overlap.
 ARM64_RC=0
+arm64_test_start
 arm64_test_wait || ARM64_RC=$?
 if [ "$PY38_RC" -ne 0 ]; then
     echo "FAILED: the Python 3.8 pass (exit $PY38_RC)" >&2

@@ -11,7 +11,7 @@ gate gets a long timeout and the camera a low frame rate; nothing here measures 
 
 Runs when EA_ANSIBLE_ARM64=1 (besides what tests/ansible/test_rollout.py needs:
 qemu-user-static and binfmt-support), and then a missing piece is a failure, not a
-skip. scripts/test.sh runs it by default as a pytest invocation of its own, next to
+skip. scripts/test.sh runs it by default as a pytest invocation of its own, after
 the Python 3.8 pass, on a root file system it starts building in the background at
 its start (EA_ANSIBLE_ARM64=0 there skips it; figures in ansible/README.md). Without
 EA_ANSIBLE_ARM64=1 the module skips and says so.
